@@ -1,0 +1,114 @@
+"""attribute(): targets, start relevance, batching, dtypes, errors and the conservation warning."""
+import warnings
+
+import pytest
+import torch
+
+import zennit_resnet_lrp as lrp
+from conftest import make_inputs, make_model
+
+
+def test_result_shapes_and_fields(resnet18, inputs):
+    result = lrp.attribute(resnet18, inputs)
+    assert result.relevance.shape == inputs.shape
+    assert result.heatmap.shape == (2, 64, 64)
+    torch.testing.assert_close(result.heatmap, result.relevance.sum(1))
+    with torch.no_grad():
+        logits = resnet18(inputs)
+    assert torch.equal(result.target, logits.argmax(1))
+    torch.testing.assert_close(result.start, logits.softmax(1).max(1).values)
+
+
+def test_batch_equals_one_at_a_time_with_own_targets(resnet18):
+    x = make_inputs(5, 48, seed=7)
+    targets = [3, 0, 9, 3, 1]
+    batched = lrp.attribute(resnet18, x, "flows_skip", target=targets, tolerance=None)
+    chunked = lrp.attribute(resnet18, x, "flows_skip", target=torch.tensor(targets), batch_size=2, tolerance=None)
+    for index in range(5):
+        single = lrp.attribute(resnet18, x[index:index + 1], "flows_skip", target=targets[index], tolerance=None)
+        torch.testing.assert_close(batched.relevance[index:index + 1], single.relevance, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(chunked.relevance, batched.relevance, rtol=1e-12, atol=1e-15)
+    assert batched.target.tolist() == targets
+
+
+@pytest.mark.parametrize("start", ["softmax", "logit", "one"])
+def test_start_relevance(resnet18, inputs, start):
+    result = lrp.attribute(resnet18, inputs, start=start, target=2)
+    with torch.no_grad():
+        logits = resnet18(inputs)
+    expected = {"softmax": logits.softmax(1)[:, 2], "logit": logits[:, 2], "one": torch.ones(2, dtype=logits.dtype)}
+    torch.testing.assert_close(result.start, expected[start])
+    torch.testing.assert_close(result.total, result.start, rtol=1e-6, atol=1e-12)
+
+
+def test_float32_and_float64_agree():
+    model64 = make_model("resnet18", seed=8)
+    model32 = make_model("resnet18", seed=8, dtype=torch.float32)
+    x = make_inputs(2, 32, seed=8)
+    r64 = lrp.attribute(model64, x).relevance
+    r32 = lrp.attribute(model32, x.float()).relevance
+    assert r32.dtype == torch.float32
+    torch.testing.assert_close(r32.double(), r64, rtol=1e-3, atol=1e-4 * float(r64.abs().max()))
+
+
+@pytest.mark.parametrize("bad, message", [
+    (lambda x: x[0], r"shape \(N, C, H, W\)"),
+    (lambda x: x[:0], "no samples"),
+    (lambda x: x.long(), "floating point"),
+    (lambda x: x.float(), "float32 .* but the model is torch.float64"),
+    (lambda x: x.tolist(), "must be a torch.Tensor"),
+])
+def test_bad_inputs_raise_one_line(resnet18, inputs, bad, message):
+    with pytest.raises(lrp.AttributionError, match=message) as info:
+        lrp.attribute(resnet18, bad(inputs))
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"target": 10}, "target 10 is out of range for a model with 10 classes"),
+    ({"target": [-1, 0]}, "target -1 is out of range"),
+    ({"target": [1, 2, 3]}, "3 entries for 2 samples"),
+    ({"target": 1.5}, "integer"),
+    ({"method": "nope"}, "unknown method 'nope'"),
+    ({"start": "prob"}, "unknown start"),
+    ({"batch_size": 0}, "batch_size"),
+])
+def test_bad_arguments_raise(resnet18, inputs, kwargs, message):
+    with pytest.raises(lrp.AttributionError, match=message):
+        lrp.attribute(resnet18, inputs, **kwargs)
+
+
+class UnknownResidual(torch.nn.Module):
+    """A residual block the canonizer does not know: it adds x + f(x) itself."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3, padding=1), torch.nn.ReLU())
+
+    def forward(self, x):
+        return x + self.body(x)
+
+
+def test_unknown_residual_block_warns_and_names_it():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), UnknownResidual(), torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(), torch.nn.Linear(4, 3),
+    ).double()
+    with pytest.warns(lrp.ConservationWarning, match=r"'2' \(UnknownResidual"):
+        lrp.attribute(model, make_inputs(1, 8))
+
+
+def test_conserving_method_does_not_warn(resnet18, inputs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lrp.attribute(resnet18, inputs)
+
+
+def test_method_instance_and_zennit_name(resnet18, inputs):
+    instance = lrp.attribute(resnet18, inputs, lrp.FlowsSkip(), tolerance=None).relevance
+    by_name = lrp.attribute(resnet18, inputs, "flows_skip", tolerance=None).relevance
+    assert torch.equal(instance, by_name)
+    zennit = lrp.attribute(resnet18, inputs, "epsilon_plus_flat", tolerance=None)
+    # zennit's composite gets a residual canonizer: Norm at the sums, no doubling of relevance
+    assert float(zennit.conservation_error.max()) < 0.5

@@ -1,0 +1,94 @@
+"""The four paper variants against the independent reference, and the composites' zennit compatibility."""
+import pytest
+import torch
+from zennit.composites import COMPOSITES, EpsilonPlusFlat
+from zennit.torchvision import ResNetCanonizer
+
+import zennit_resnet_lrp as lrp
+from conftest import make_inputs, make_model
+from reference_lrp import Reference
+
+VARIANTS = list(lrp.PAPER_VARIANTS)
+
+
+def _compare(model, x, variant):
+    expected, start, target = Reference(model, variant)(x)
+    result = lrp.attribute(model, x, variant, tolerance=None)
+    assert torch.equal(result.target, target)
+    torch.testing.assert_close(result.start, start, rtol=1e-12, atol=0)
+    torch.testing.assert_close(result.relevance, expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_variant_matches_reference_resnet18(variant, resnet18, inputs):
+    _compare(resnet18, inputs, variant)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_variant_matches_reference_resnet50(variant):
+    _compare(make_model("resnet50", seed=1), make_inputs(2, 64, seed=1), variant)
+
+
+def test_all_composites_registered_by_name():
+    for name in [*VARIANTS, "flows_skip_conservative", "epsilon_plus_flat_split", "epsilon_gamma_box_split",
+                 "epsilon_alpha2_beta1_split"]:
+        assert name in COMPOSITES
+        assert isinstance(COMPOSITES[name](), lrp.ResidualComposite)
+
+
+@pytest.mark.parametrize("canonizers", [None, [], [ResNetCanonizer()]])
+def test_composite_brings_its_residual_canonizer(canonizers):
+    composite = lrp.FlowsSkip(canonizers=canonizers)
+    kinds = [type(c) for c in composite.canonizers]
+    assert kinds.count(lrp.ResidualCanonizer) == 1
+    assert ResNetCanonizer not in kinds
+
+
+def test_zennit_keywords_accepted(resnet18, inputs):
+    composite = lrp.FlowsSkipConservative(layer_map=[], first_map=[], zero_params=["bias"], canonizers=[])
+    result = lrp.attribute(resnet18, inputs, composite)
+    assert float(result.conservation_error.max()) < 1e-6
+    split = lrp.EpsilonPlusFlatSplit(epsilon=1e-6, stabilizer=1e-6, zero_params=["bias"], canonizers=[])
+    assert lrp.attribute(resnet18, inputs, split, tolerance=None).relevance.shape == inputs.shape
+
+
+def test_split_counterpart_differs_from_norm_only_at_sums(resnet18, inputs):
+    """epsilon_plus_flat_split is zennit's EpsilonPlusFlat with the ratio split instead of Norm at the sums."""
+    ours = lrp.attribute(resnet18, inputs, "epsilon_plus_flat_split", tolerance=None).relevance
+    zennit_norm = lrp.attribute(resnet18, inputs, EpsilonPlusFlat(canonizers=[ResNetCanonizer()]),
+                                tolerance=None).relevance
+    same_rules = lrp.attribute(resnet18, inputs, lrp.EpsilonPlusFlatSplit(split="symmetric"), tolerance=None)
+    assert not torch.allclose(ours, zennit_norm)
+    assert not torch.allclose(ours, same_rules.relevance)
+
+
+def test_composite_on_model_without_blocks_warns_and_works():
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+        torch.nn.Linear(4, 3),
+    ).double()
+    with pytest.warns(UserWarning, match="no torchvision BasicBlock"):
+        result = lrp.attribute(model, make_inputs(2, 16))
+    assert result.relevance.shape == (2, 3, 16, 16)
+
+
+def test_paper_variants_leak_only_where_the_method_says(resnet18, inputs):
+    """With a vanishing stabiliser, each variant loses exactly what reaches all-zero 2x2 windows of the max-pool
+    stand-in and units whose positive pre-activation is zero, and nothing else."""
+    for variant in VARIANTS:
+        reference = Reference(resnet18, variant, eps=1e-12)
+        _, start, _ = reference(inputs)
+        result = lrp.attribute(resnet18, inputs, COMPOSITES[variant](epsilon=1e-12), tolerance=None)
+        expected = float(start.sum()) - sum(reference.lost.values())
+        assert reference.lost["max-pool stand-in"] > 0
+        assert abs(float(result.total.sum()) - expected) <= 1e-9 * float(start.sum())
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_paper_splits_conserve_with_conservative_rules(variant, resnet18, inputs):
+    """The splitting itself conserves: with exact division, the conservative max-pool and the flat fallback, every
+    variant's input relevance equals the start."""
+    composite = COMPOSITES[variant](epsilon=0.0, maxpool="proportional", inactive="flat")
+    result = lrp.attribute(resnet18, inputs, composite)
+    assert float(result.conservation_error.max()) <= 1e-10

@@ -1,0 +1,34 @@
+"""The explicit residual sum that canonizers route a block's addition through."""
+from __future__ import annotations
+
+import torch
+from zennit.layer import Sum
+
+
+class ResidualSum(Sum):
+    """Sum of a residual block's two branches, ``h_out = h_m + h_s``.
+
+    The input is the two branches stacked on the last dimension: index ``RESIDUAL`` (0) holds the residual
+    branch ``h_m``, index ``SKIP`` (1) the skip branch ``h_s``. Being a :py:class:`zennit.layer.Sum`, zennit's own
+    composites (which map ``Sum`` to ``Norm``) apply to it unchanged.
+
+    Parameters
+    ----------
+    identity_skip : bool
+        True when the skip is the identity (an "S-block"), False when it is a projection (``downsample``,
+        a "D-block"). Splitting rules read this to treat the two kinds differently.
+    """
+
+    RESIDUAL = 0
+    SKIP = 1
+
+    def __init__(self, identity_skip: bool = True) -> None:
+        super().__init__(dim=-1)
+        self.identity_skip = identity_skip
+
+    def add(self, residual: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """Return ``residual + skip`` through this module, so that hooks on it see both branches."""
+        return self(torch.stack([residual, skip], dim=-1))
+
+    def extra_repr(self) -> str:
+        return f"identity_skip={self.identity_skip}"

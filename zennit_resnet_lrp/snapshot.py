@@ -1,0 +1,55 @@
+"""Exact record of a model's state, to put it back as it was after attribution.
+
+zennit 1.0.0 swaps parameter objects while it modifies parameters and its batch-norm merge can leave a new
+``bias`` entry behind (zennit issue 237). Rather than trusting every rule and canonizer to undo its changes,
+we record which objects a model holds and put exactly those back.
+"""
+from __future__ import annotations
+
+import torch
+
+# attributes that canonizers and zennit's parameter modifiers set on module instances
+_SHADOWING = ("forward",)
+
+
+class ModelSnapshot:
+    """The parameter, buffer and child objects, their data and the training flags of every module of a model.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model to record. Nothing is copied: the record holds references, so taking it is cheap.
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.records = []
+        for module in model.modules():
+            params = dict(module._parameters)
+            buffers = dict(module._buffers)
+            data = {
+                key: tensor.data for key, tensor in list(params.items()) + list(buffers.items()) if tensor is not None
+            }
+            self.records.append((
+                module, params, buffers, dict(module._modules), data, module.training, set(module.__dict__),
+                {key: module.__dict__[key] for key in ("eps", "momentum") if key in module.__dict__},
+            ))
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        """Put every recorded object, value and flag back in place."""
+        for module, params, buffers, children, data, training, keys, plain in self.records:
+            names = set(params) | set(buffers) | set(children) | set(_SHADOWING)
+            for key in set(module.__dict__) - keys:
+                if key in names:
+                    del module.__dict__[key]
+            for store, recorded in ((module._parameters, params), (module._buffers, buffers),
+                                    (module._modules, children)):
+                for key in set(store) - set(recorded):
+                    del store[key]
+                store.update(recorded)
+            for key, tensor in data.items():
+                current = params.get(key, buffers.get(key))
+                if current.data.data_ptr() != tensor.data_ptr() or current.shape != tensor.shape:
+                    current.data = tensor
+            module.__dict__.update(plain)
+            module.training = training

@@ -1,0 +1,123 @@
+"""Record how much relevance flows through chosen modules during one attribution."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .layer import ResidualSum
+
+
+def _per_sample_sum(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.detach().flatten(1).sum(1)
+
+
+@dataclass
+class ModuleRelevance:
+    """Relevance sums (one value per sample) at one module.
+
+    Attributes
+    ----------
+    name : str
+        The module's name in the model.
+    output : torch.Tensor
+        Relevance arriving at the module's output (entering it in the backward pass).
+    input : torch.Tensor
+        Relevance leaving through the module's input.
+    skip : torch.Tensor or None
+        For a residual block, the relevance its sum handed to the skip branch.
+    """
+
+    name: str
+    output: torch.Tensor
+    input: torch.Tensor
+    skip: torch.Tensor | None = None
+
+    @property
+    def leak(self) -> torch.Tensor:
+        """Relevance lost inside the module (negative: created)."""
+        return self.output - self.input
+
+    @property
+    def skip_share(self) -> torch.Tensor | None:
+        """Share of the block's relevance that went through the skip."""
+        if self.skip is None:
+            return None
+        return self.skip / self.output.where(self.output != 0, torch.ones_like(self.output))
+
+
+class RelevanceRecorder:
+    """Hooks that record the relevance at the input and output of ``modules`` in the backward pass.
+
+    Register it after the composite, so that it sees the canonized model (the sums inside blocks). Its input hooks
+    go in front of all others, so they see the relevance the module's rules produced.
+
+    Parameters
+    ----------
+    modules : dict of str to Module
+        The modules to watch, by name.
+    """
+
+    def __init__(self, modules: dict[str, torch.nn.Module]) -> None:
+        self.modules = modules
+        self.sums: dict[tuple[str, str], list[torch.Tensor]] = {}
+        self.handles: list = []
+
+    def _store(self, name: str, where: str, index: int | None = None):
+        def hook(grad: torch.Tensor) -> None:
+            self.sums.setdefault((name, where), []).append(
+                _per_sample_sum(grad if index is None else grad[..., index])
+            )
+        return hook
+
+    def register(self) -> "RelevanceRecorder":
+        for name, module in self.modules.items():
+            self.handles.append(module.register_forward_pre_hook(self._input_hook(name), prepend=True))
+            self.handles.append(module.register_forward_hook(self._output_hook(name)))
+            inner = next((child for child in module.children() if isinstance(child, ResidualSum)), None)
+            if inner is not None:
+                self.handles.append(inner.register_forward_pre_hook(self._skip_hook(name), prepend=True))
+        return self
+
+    def _input_hook(self, name):
+        def hook(module, args):
+            if not args or not isinstance(args[0], torch.Tensor) or not args[0].requires_grad:
+                return None
+            first = args[0].clone()
+            first.register_hook(self._store(name, "input"))
+            return (first, *args[1:])
+        return hook
+
+    def _output_hook(self, name):
+        def hook(module, args, output):
+            if isinstance(output, torch.Tensor) and output.requires_grad:
+                output.register_hook(self._store(name, "output"))
+        return hook
+
+    def _skip_hook(self, name):
+        def hook(module, args):
+            if not args[0].requires_grad:
+                return None
+            stacked = args[0].clone()
+            stacked.register_hook(self._store(name, "skip", ResidualSum.SKIP))
+            return (stacked,)
+        return hook
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+    def results(self) -> list[ModuleRelevance]:
+        """One :py:class:`ModuleRelevance` per watched module that relevance reached, in model order; batches
+        recorded one after another are concatenated."""
+        def joined(name, where):
+            parts = self.sums.get((name, where))
+            return torch.cat(parts) if parts else None
+
+        records = []
+        for name in self.modules:
+            output, input = joined(name, "output"), joined(name, "input")
+            if output is not None and input is not None:
+                records.append(ModuleRelevance(name, output, input, joined(name, "skip")))
+        return records
