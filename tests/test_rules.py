@@ -1,0 +1,100 @@
+"""Rules on tiny modules, against formulas computed by hand."""
+import pytest
+import torch
+
+import zennit_resnet_lrp as lrp
+from zennit_resnet_lrp.layer import ResidualSum
+
+
+def _propagate(rule, module, x, relevance):
+    hook = rule.copy()
+    return hook.relevance(module, x, relevance)
+
+
+def test_split_ratio_symmetric_identity_and_zero_over_zero():
+    stacked = torch.tensor([[3.0, 1.0], [-1.0, 3.0], [0.0, 0.0]]).double()  # [h_m, h_s]
+    relevance = torch.tensor([4.0, 8.0, 2.0]).double()
+    identity, projection = ResidualSum(identity_skip=True), ResidualSum(identity_skip=False)
+    ratio = _propagate(lrp.RelevanceSplit("ratio"), identity, stacked, relevance)
+    torch.testing.assert_close(ratio, torch.tensor([[3.0, 1.0], [2.0, 6.0], [1.0, 1.0]]).double())
+    half = _propagate(lrp.RelevanceSplit("symmetric"), projection, stacked, relevance)
+    torch.testing.assert_close(half, torch.tensor([[2.0, 2.0], [4.0, 4.0], [1.0, 1.0]]).double())
+    no_identity = _propagate(lrp.RelevanceSplit("ratio", split_identity=False), identity, stacked, relevance)
+    torch.testing.assert_close(no_identity[:, 1], torch.zeros(3).double())
+    projected = _propagate(lrp.RelevanceSplit("ratio", split_identity=False), projection, stacked, relevance)
+    torch.testing.assert_close(projected, ratio)
+    with pytest.raises(ValueError, match="unknown split mode"):
+        lrp.RelevanceSplit("thirds")
+
+
+def test_zplus_linear_matches_formula():
+    linear = torch.nn.Linear(3, 2).double()
+    with torch.no_grad():
+        linear.weight.copy_(torch.tensor([[1.0, -2.0, 0.5], [0.0, 1.0, 2.0]]))
+        linear.bias.fill_(5.0)  # ignored
+    a = torch.tensor([[1.0, 2.0, 4.0]]).double()
+    relevance = torch.tensor([[1.0, 3.0]]).double()
+    eps = 1e-5
+    z = torch.tensor([1 * 1 + 4 * 0.5, 2 * 1 + 4 * 2]).double() + eps  # W+ only, no bias
+    expected = a * ((relevance / z) @ linear.weight.clamp(min=0))
+    torch.testing.assert_close(_propagate(lrp.ZPlus(eps), linear, a, relevance), expected)
+
+
+def test_flat_input_zplus_ignores_pixels():
+    conv = torch.nn.Conv2d(1, 1, 2, bias=False).double()
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([[[[1.0, -1.0], [3.0, 0.0]]]]))
+    relevance = torch.ones(1, 1, 1, 1).double()
+    one = _propagate(lrp.FlatInputZPlus(0.0), conv, torch.randn(1, 1, 2, 2).double(), relevance)
+    torch.testing.assert_close(one, torch.tensor([[[[0.25, 0.0], [0.75, 0.0]]]]).double())
+
+
+def test_zplus_flat_fallback_conserves_dead_units():
+    conv = torch.nn.Conv2d(2, 2, 1, bias=False).double()
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([[1.0, 2.0], [-1.0, -1.0]])[:, :, None, None])
+    a = torch.tensor([[0.0, 0.0], [1.0, 1.0]]).double().T.reshape(1, 2, 2, 1)  # first position all zero
+    relevance = torch.tensor([[[[1.0], [1.0]], [[2.0], [2.0]]]]).double()  # unit 2 has W+ = 0
+    dropped = _propagate(lrp.ZPlus(0.0, inactive="drop"), conv, a, relevance)
+    spread = _propagate(lrp.ZPlus(0.0, inactive="flat"), conv, a, relevance)
+    assert float(dropped.sum()) == pytest.approx(1.0)  # only unit 1 at position 2 had z+ > 0
+    assert float(spread.sum()) == pytest.approx(6.0)
+    # unit 1 at the dead position goes 1:2 by W+, unit 2 (W+ = 0) evenly
+    torch.testing.assert_close(spread[0, :, 0, 0], torch.tensor([1 / 3 + 1.0, 2 / 3 + 1.0]).double())
+
+
+def test_zplus_signed_input_uses_both_halves():
+    linear = torch.nn.Linear(2, 1, bias=False).double()
+    with torch.no_grad():
+        linear.weight.copy_(torch.tensor([[2.0, -1.0]]))
+    a = torch.tensor([[1.0, -3.0]]).double()  # contributions 2 (a+ W+) and 3 (a- W-)
+    result = _propagate(lrp.ZPlus(0.0), linear, a, torch.tensor([[5.0]]).double())
+    torch.testing.assert_close(result, torch.tensor([[2.0, 3.0]]).double())
+
+
+def test_maxpool_rules():
+    pool = torch.nn.MaxPool2d(3, 2, 1)
+    a = torch.zeros(1, 1, 4, 4).double()
+    a[0, 0, 0, 0], a[0, 0, 1, 1] = 1.0, 3.0
+    relevance = torch.ones(1, 1, 2, 2).double()
+    for rule in (lrp.MaxPoolProportional(0.0, "flat"), lrp.MaxPoolWinnerTakesAll()):
+        assert float(_propagate(rule, pool, a, relevance).sum()) == pytest.approx(4.0)
+    winner = _propagate(lrp.MaxPoolWinnerTakesAll(), pool, a, relevance)
+    assert float(winner[0, 0, 1, 1]) == pytest.approx(4.0)  # the max of every window
+    # the stand-in's 2x2 windows: only the top-left one holds non-zeros, the other three outputs' relevance is lost
+    stand_in = _propagate(lrp.MaxPoolAverageStandIn(1e-5), pool, a, relevance)
+    assert float(stand_in.sum()) == pytest.approx(1.0, rel=1e-4)
+
+
+def test_average_pool_proportional():
+    pool = torch.nn.AdaptiveAvgPool2d(1)
+    a = torch.tensor([[[[1.0, 3.0]]]]).double()
+    result = _propagate(lrp.PoolProportional(0.0), pool, a, torch.tensor([[[[8.0]]]]).double())
+    torch.testing.assert_close(result, torch.tensor([[[[2.0, 6.0]]]]).double())
+
+
+def test_rule_copies_are_independent():
+    rule = lrp.ZPlus(1e-3, "flat")
+    clone = rule.copy()
+    assert (clone.epsilon, clone.inactive) == (1e-3, "flat")
+    assert clone.stored_tensors is not rule.stored_tensors
