@@ -1,0 +1,72 @@
+"""Two small ResNets built from torchvision's own BasicBlock and Bottleneck, trained on MNIST digits and shipped
+with the package (``scripts/train_demo.py`` trains them), with held-out digits to explain offline."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torchvision.models.resnet import BasicBlock, Bottleneck
+
+from .data import Preprocessing
+from .models import DEMO_MODELS, DemoModel
+
+DATA = Path(__file__).parent / "data"
+DIGITS = DATA / "digits"
+MNIST_PREPROCESSING = Preprocessing(resize=28, crop=28, mean=(0.1307,), std=(0.3081,), channels=1)
+
+
+def _projection(inplanes: int, planes: int, stride: int) -> torch.nn.Module | None:
+    if stride == 1 and inplanes == planes:
+        return None
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(inplanes, planes, 1, stride, bias=False), torch.nn.BatchNorm2d(planes)
+    )
+
+
+class SmallResNet(torch.nn.Module):
+    """A torchvision-style ResNet for 1x28x28 digits: 3x3 stem, 3x3 max-pool, four stages of one block each.
+
+    The attribute names (``conv1``, ``bn1``, ``relu``, ``maxpool``, ``layer1``..``layer4``, ``avgpool``, ``fc``)
+    are torchvision's, so everything that walks a torchvision ResNet walks this one.
+    """
+
+    def __init__(self, block: type, widths=(16, 32, 64, 64), num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(1, widths[0], 3, 1, 1, bias=False)
+        self.bn1 = torch.nn.BatchNorm2d(widths[0])
+        self.relu = torch.nn.ReLU(inplace=True)
+        self.maxpool = torch.nn.MaxPool2d(3, 2, 1)
+        inplanes = widths[0]
+        for index, (width, stride) in enumerate(zip(widths, (1, 2, 2, 1)), start=1):
+            planes = width // block.expansion
+            block_module = block(inplanes, planes, stride, _projection(inplanes, planes * block.expansion, stride))
+            setattr(self, f"layer{index}", torch.nn.Sequential(block_module))
+            inplanes = planes * block.expansion
+        self.avgpool = torch.nn.AdaptiveAvgPool2d(1)
+        self.fc = torch.nn.Linear(inplanes, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def demo_basic(num_classes: int = 10) -> SmallResNet:
+    return SmallResNet(BasicBlock, num_classes=num_classes)
+
+
+def demo_bottleneck(num_classes: int = 10) -> SmallResNet:
+    return SmallResNet(Bottleneck, widths=(32, 64, 128, 128), num_classes=num_classes)
+
+
+DIGIT_NAMES = [str(digit) for digit in range(10)]
+DEMO_MODELS["demo-mnist"] = DemoModel(demo_basic, str(DATA / "demo-mnist.pt"), MNIST_PREPROCESSING, DIGIT_NAMES)
+DEMO_MODELS["demo-mnist-bottleneck"] = DemoModel(
+    demo_bottleneck, str(DATA / "demo-mnist-bottleneck.pt"), MNIST_PREPROCESSING, DIGIT_NAMES
+)
+DEFAULT_DEMO = "demo-mnist"
+
+
+def demo_images() -> list[Path]:
+    """The shipped held-out digits (PNG, 28x28), named ``<index>_label<digit>.png``."""
+    return sorted(DIGITS.glob("*.png"))
