@@ -23,13 +23,29 @@ from .options import build_model, model_options, resolve_method
 
 
 class ResnetLrpGroup(click.Group):
-    """Turns every library error into one line on stderr: exit 2 for usage errors, 1 otherwise, no traceback
+    """Turns every error into one line on stderr: exit 2 for usage errors, 1 otherwise, no traceback
     (set RESNET_LRP_DEBUG=1 to see it)."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            result = super().main(*args, standalone_mode=False, **kwargs)
+        except click.ClickException as error:
+            click.echo(f"error: {error.format_message()}", err=True)
+            sys.exit(error.exit_code)
+        except click.Abort:
+            click.echo("error: aborted", err=True)
+            sys.exit(1)
+        except BrokenPipeError:  # output piped into head & co.: stop quietly
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(1)
+        sys.exit(result if isinstance(result, int) else 0)
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except (click.ClickException, click.exceptions.Exit, click.Abort):
+        except (click.ClickException, click.exceptions.Exit, click.Abort, BrokenPipeError):
             raise
         except (UnknownNameError, AttributionError) as error:
             raise click.UsageError(_one_line(error), ctx) from None
@@ -60,7 +76,8 @@ def methods():
     ours = lrp.OUR_COMPOSITES
     for name in [lrp.DEFAULT_METHOD, *[n for n in ours if n != lrp.DEFAULT_METHOD],
                  *sorted(set(COMPOSITES) - set(ours))]:
-        doc = (COMPOSITES[name].__doc__ or "").strip().split("\n")[0]
+        paragraph = " ".join((COMPOSITES[name].__doc__ or "").strip().split("\n\n")[0].split())
+        doc = paragraph.split(". ")[0].rstrip(".").replace("``", "")
         origin = "default" if name == lrp.DEFAULT_METHOD else "ours" if name in ours else "zennit"
         click.echo(f"{name:<28} {origin:<8} {doc}")
 
@@ -115,8 +132,8 @@ def explain(images, model, weights, num_classes, device, resize, crop, mean, std
         raise click.BadParameter(f"unknown method {method!r}; see `resnet-lrp methods`", param_hint="--method")
     if cmap not in CMAPS:
         raise click.BadParameter(f"unknown colour map {cmap!r}; choose one of {', '.join(CMAPS)}", param_hint="--cmap")
-    paths = _images(model, images)
     loaded = build_model(model, weights, num_classes, device, resize, crop, mean, std)
+    paths = _images(model, images)
     classes = _num_classes(loaded.model)
     if target is not None and classes is not None and target >= classes:
         raise click.BadParameter(f"{target} is out of range for {model} with {classes} classes (0..{classes - 1})",

@@ -1,0 +1,212 @@
+"""The resnet-lrp command line: files written, tables, exit statuses, and every bad-input case."""
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from click.testing import CliRunner
+from PIL import Image
+
+import zennit_resnet_lrp as lrp
+from cli.main import cli
+from zennit_resnet_lrp.data import open_image
+from zennit_resnet_lrp.demo import demo_images
+from zennit_resnet_lrp.models import load_model
+
+DIGITS = demo_images()
+
+
+def run(*args):
+    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    return result
+
+
+def assert_one_line_error(result, code, *fragments):
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert errors, result.output
+    for fragment in fragments:
+        assert fragment in result.output, result.output
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    """A resnet18 state_dict with 5 classes, saved as the paper's CUB checkpoints are (a plain state_dict)."""
+    torch.manual_seed(0)
+    path = tmp_path / "resnet18_5.pt"
+    torch.save(torchvision.models.resnet18(num_classes=5).state_dict(), path)
+    return path
+
+
+def test_explain_default_writes_demo_heatmaps(tmp_path):
+    result = run("explain", "-o", tmp_path)
+    assert result.exit_code == 0, result.output
+    heatmaps = sorted(tmp_path.glob("*_heatmap.png"))
+    assert len(heatmaps) == len(DIGITS) == 20
+    for path in heatmaps:
+        with Image.open(path) as image:
+            assert (image.size, image.mode) == ((28, 28), "RGB")
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert len(summary) == 20
+    assert (tmp_path / "summary.csv").read_text().count("\n") == 21
+    assert all(row["conservation_error"] < 1e-5 for row in summary)
+    correct = sum(row["predicted_name"] == row["image"].split("label")[1][0] for row in summary)
+    assert correct >= 18  # a trained network on held-out digits
+    assert "predicted" in result.output and "conservation error" in result.output
+    assert (tmp_path / "overview.png").exists()
+
+
+def test_explain_npy_equals_library(tmp_path):
+    images = DIGITS[:3]
+    result = run("explain", *images, "--save-relevance", "--overlay", "--top-k", "2", "-o", tmp_path,
+                 "--method", "flows_skip")
+    assert result.exit_code == 0, result.output
+    loaded = load_model("demo-mnist")
+    inputs = torch.stack([loaded.preprocessing(open_image(path)) for path in images])
+    ranked = loaded.model(inputs).argsort(1, descending=True)
+    for k in range(2):
+        expected = lrp.attribute(loaded.model, inputs, "flows_skip", target=ranked[:, k], tolerance=None)
+        for index, path in enumerate(images):
+            stem = f"{path.stem}_{int(ranked[index, k])}"
+            saved = np.load(tmp_path / f"{stem}_relevance.npy")
+            assert saved.shape == (1, 28, 28)
+            np.testing.assert_array_equal(saved, expected.relevance[index].numpy())
+            assert (tmp_path / f"{stem}_overlay.png").exists()
+
+
+def test_explain_label_quantization_normalize(tmp_path):
+    result = run("explain", DIGITS[0], "--label", 3, "--heat-quantization", "--hq-level", 4, "--normalize",
+                 "--sign", "absolute_value", "--cmap", "hot", "-o", tmp_path, "--start", "one")
+    assert result.exit_code == 0, result.output
+    with Image.open(tmp_path / f"{DIGITS[0].stem}_3_heatmap.png") as image:
+        colours = image.getcolors()
+    assert len(colours) <= 4  # four quantization levels
+    row = json.loads((tmp_path / "summary.json").read_text())[0]
+    assert row["target"] == 3 and row["start"] == 1.0
+
+
+def test_explain_torchvision_checkpoint_and_config(tmp_path, checkpoint):
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps({"model": "resnet18", "weights": str(checkpoint), "num_classes": 5,
+                                  "image_size": 64, "resize": 72, "batch_size": 2}))
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name, mode in (("grey.png", "L"), ("rgba.png", "RGBA"), ("palette.png", "P"), ("cmyk.jpg", "CMYK")):
+        Image.new(mode, (90, 80), 100).save(photos / name)
+    result = run("explain", photos, "-c", config, "--crop", 48, "-o", tmp_path / "out", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    for path in (tmp_path / "out").glob("*_heatmap.png"):
+        with Image.open(path) as image:
+            assert image.size == (48, 48)  # --crop overrides the config's image_size
+    assert len(list((tmp_path / "out").glob("*_heatmap.png"))) == 4
+
+
+def test_check_table_and_exit_status(tmp_path):
+    good = run("check", "--json", tmp_path / "report.json", "--plot", tmp_path / "fig5.png")
+    assert good.exit_code == 0, good.output
+    lines = good.output.splitlines()
+    assert lines[1].split() == ["block", "entering", "leaving", "skip", "share", "leak"]
+    assert [line.split()[0] for line in lines[2:6]] == ["layer1.0", "layer2.0", "layer3.0", "layer4.0"]
+    assert lines[-1].endswith("PASS")
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["passed"] and len(report["blocks"]) == 4 and max(report["error"]) <= 1e-4
+    with Image.open(tmp_path / "fig5.png") as image:
+        assert image.size[0] > 100
+    leaky = run("check", "--method", "flows_skip", "--json", "-")
+    assert leaky.exit_code == 1
+    assert json.loads(leaky.output)["passed"] is False
+    variant = run("check", "--skip-connection-prop-type", "latest", "--tolerance", "0.5", *DIGITS[:2])
+    assert variant.exit_code == 0 and "latest, 2 image(s)" in variant.output
+
+
+def test_methods_lists_ours_and_zennits():
+    result = run("methods")
+    names = [line.split()[0] for line in result.output.splitlines()]
+    assert names[0] == "flows_skip_conservative"
+    assert {"flows_skip", "flows_skip_simple", "latest", "simple", "epsilon_plus_flat"} <= set(names)
+
+
+def test_version_and_help():
+    assert run("--version").output.strip() == f"resnet-lrp, version {lrp.__version__}"
+    for command in ("explain", "check", "methods"):
+        assert run(command, "--help").exit_code == 0
+
+
+@pytest.mark.parametrize("args, code, fragment", [
+    (["explain", "/no/such.png"], 2, "/no/such.png: no such file"),
+    (["explain", "--model", "resnet9000"], 2, "unknown model 'resnet9000'"),
+    (["explain", "--method", "nope"], 2, "unknown method 'nope'"),
+    (["explain", "--model", "resnet18", "--weights", "IMAGENET9K"], 2, "unknown weights 'IMAGENET9K'"),
+    (["explain", "--label", "10"], 2, "10 is out of range for demo-mnist with 10 classes"),
+    (["explain", "--cmap", "rainbow"], 2, "unknown colour map"),
+    (["explain", "--method", "latest", "--skip-connection-prop-type", "simple"], 2, "disagree"),
+    (["check", "--mean", "0.1,0.2"], 2, "takes 1 channel(s), got 2 values"),
+    (["explain", "-c", "/no/config.json"], 2, "cannot read /no/config.json"),
+])
+def test_usage_errors(args, code, fragment):
+    assert_one_line_error(run(*args), code, fragment)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_cuda_without_gpu_is_a_usage_error():
+    assert_one_line_error(run("explain", "--device", "cuda"), 2, "no CUDA GPU is available here")
+
+
+def test_empty_folder_and_bad_config(tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert_one_line_error(run("explain", tmp_path / "empty"), 2, "folder holds no images")
+    config = tmp_path / "bad.json"
+    config.write_text('{"model": "resnet18", "colour": 1}')
+    assert_one_line_error(run("explain", "-c", config), 2, "unknown key(s) colour")
+
+
+def test_checkpoint_that_does_not_fit(tmp_path, checkpoint):
+    image = DIGITS[0]
+    assert_one_line_error(run("explain", image, "--model", "resnet18", "--weights", checkpoint), 1,
+                          "fc.weight is (5, 512) in the checkpoint but (1000, 512)", "--num-classes 5")
+    partial = tmp_path / "partial.pt"
+    state = torch.load(checkpoint, weights_only=True)
+    state.pop("layer4.1.bn2.bias")
+    torch.save({"state_dict": state, "epoch": 3}, partial)
+    assert_one_line_error(run("explain", image, "--model", "resnet18", "--num-classes", 5, "--weights", partial), 1,
+                          "missing keys layer4.1.bn2.bias")
+    pickled = tmp_path / "pickled.pt"
+    torch.save({"model": torch.nn.Linear(2, 2)}, pickled)  # not weights-only loadable: never unpickled
+    assert_one_line_error(run("explain", image, "--model", "resnet18", "--weights", pickled), 1,
+                          "not a readable weights-only checkpoint")
+    assert not list(tmp_path.glob("resnet-lrp-out/*"))
+
+
+def test_bad_image_among_good_ones(tmp_path):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for path in DIGITS[:2]:
+        shutil.copy(path, folder / path.name)
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    result = run("explain", folder, "-o", tmp_path / "out")
+    assert_one_line_error(result, 1, "broken.png: not a readable image", "1 of 3 image(s) failed")
+    assert len(list((tmp_path / "out").glob("*_heatmap.png"))) == 2
+    assert len(json.loads((tmp_path / "out" / "summary.json").read_text())) == 2
+    assert not list((tmp_path / "out").glob(".*partial"))
+
+
+def test_output_folder_not_writable(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert_one_line_error(run("explain", "-o", blocker / "out"), 1, f"cannot write to {blocker / 'out'}")
+
+
+def test_installed_command_runs(tmp_path):
+    executable = shutil.which("resnet-lrp") or pytest.skip("resnet-lrp is not installed on PATH")
+    done = subprocess.run([executable, "explain", str(DIGITS[0]), str(DIGITS[1]), "-o", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert len(list(tmp_path.glob("*_heatmap.png"))) == 2
+    failed = subprocess.run([executable, "explain", "--model", "nope"], capture_output=True, text=True, timeout=300)
+    assert failed.returncode == 2
+    assert failed.stderr.strip().count("\n") == 0 and failed.stderr.startswith("error:")
