@@ -218,6 +218,12 @@ def check(images, model, weights, num_classes, device, resize, crop, mean, std, 
         sys.exit(1)
 
 
+
+from .evaluate import evaluate_command  # noqa: E402
+
+cli.add_command(evaluate_command, name="evaluate")
+
+
 def main() -> None:
     cli(prog_name="resnet-lrp")
 

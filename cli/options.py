@@ -58,15 +58,19 @@ class FloatList(click.ParamType):
             self.fail(f"{value!r} is not a comma-separated list of numbers", param, ctx)
 
 
-def model_options(command):
+def model_options(command=None, *, several_weights: bool = False):
     """--config, --model, --weights, --num-classes, --device, preprocessing and --method options."""
+    if command is None:
+        return functools.partial(model_options, several_weights=several_weights)
+    weights_help = "torchvision weights name (IMAGENET1K_V1, DEFAULT) or a checkpoint file (a state_dict)."
+    if several_weights:
+        weights_help += " Repeat it to evaluate several models (e.g. the paper's five CUB checkpoints)."
     decorators = [
         click.option("-c", "--config", type=click.Path(dir_okay=False), is_eager=True, expose_value=False,
                      callback=_load_config, help="JSON run configuration (see configs/); flags override it."),
         click.option("--model", default=DEFAULT_DEMO, show_default=True,
                      help="torchvision ResNet-family name (resnet50, resnext50_32x4d, ...) or a shipped demo model."),
-        click.option("--weights", default=None,
-                     help="torchvision weights name (IMAGENET1K_V1, DEFAULT) or a checkpoint file (a state_dict)."),
+        click.option("--weights", default=None, multiple=several_weights, help=weights_help),
         click.option("--num-classes", type=click.IntRange(min=1), default=None, help="Output classes (200 for CUB)."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
         click.option("--resize", type=click.IntRange(min=0), default=None,

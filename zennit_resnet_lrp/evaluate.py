@@ -1,0 +1,204 @@
+"""Run methods x images x models through Insertion/Deletion: resumable, sharded over processes, summarised."""
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from .data import ImageError, Sample, open_image
+from .heatmap import quantize
+from .methods import get_method
+from .metrics import CurveSpec, insertion_deletion
+from .models import LoadedModel
+
+SCORE_FILES = "scores*.jsonl"
+
+
+@dataclass
+class EvaluationSettings:
+    """What to measure and how.
+
+    Attributes
+    ----------
+    methods : list of str
+        Names from :py:data:`zennit_resnet_lrp.methods.METHODS`.
+    spec : CurveSpec
+        Curve step, patch size, baseline, ordering.
+    batch_size : int
+        Curve images per forward pass.
+    images_per_step : int
+        Images attributed together (and whose curves share forward passes).
+    heat_quantization : int or None
+        Quantize every map into this many levels first (the paper: 8), or not.
+    explain : {"predicted", "label"}
+        Explain each image's top-1 prediction (the reference) or its ground-truth label; the score is always the
+        ground-truth label's probability.
+    """
+
+    methods: list[str]
+    spec: CurveSpec = field(default_factory=CurveSpec)
+    batch_size: int = 64
+    images_per_step: int = 8
+    heat_quantization: int | None = None
+    explain: str = "predicted"
+
+
+def read_rows(output: Path) -> list[dict]:
+    """Every finished score row in ``output`` (all shards); a line cut short by an interruption is ignored."""
+    rows = []
+    for path in sorted(output.glob(SCORE_FILES)):
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
+def evaluate(
+    models: Sequence[tuple[str, LoadedModel]],
+    samples: Sequence[Sample],
+    settings: EvaluationSettings,
+    output: Path,
+    rank: int = 0,
+    world: int = 1,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[int, list[tuple[str, str]]]:
+    """Score ``samples[rank::world]`` with every method on every model, appending one JSON line per
+    (model, image, method) to ``output/scores[.rankR].jsonl`` as soon as it is known; rows already in ``output``
+    are skipped, so an interrupted run resumes where it stopped.
+
+    Returns
+    -------
+    (rows written, failures as (image, reason))
+    """
+    for name in settings.methods:
+        get_method(name)  # unknown names fail before any work
+    output.mkdir(parents=True, exist_ok=True)
+    done = {(row["model"], row["image"], row["method"]) for row in read_rows(output)}
+    mine = list(samples)[rank::world]
+    path = output / ("scores.jsonl" if world == 1 else f"scores.rank{rank}.jsonl")
+    written, failures = 0, []
+    with open(path, "a") as sink:
+        for model_id, loaded in models:
+            device = next(loaded.model.parameters()).device
+            dtype = next(loaded.model.parameters()).dtype
+            prep = loaded.preprocessing
+            bounds = tuple(
+                (torch.tensor([edge] * prep.channels) - torch.tensor(prep.mean)) / torch.tensor(prep.std)
+                for edge in (0.0, 1.0)
+            )
+            for begin in range(0, len(mine), settings.images_per_step):
+                chunk = mine[begin:begin + settings.images_per_step]
+                todo = [s for s in chunk if any((model_id, str(s.path), m) not in done for m in settings.methods)]
+                units, kept = [], []
+                for sample in todo:
+                    try:
+                        units.append(prep.unit(open_image(sample.path)))
+                        kept.append(sample)
+                    except ImageError as error:
+                        failures.append((str(sample.path), str(error)))
+                if units:
+                    written += _score_chunk(loaded, model_id, kept, torch.stack(units).to(device, dtype), bounds,
+                                            settings, done, sink)
+                if progress is not None:
+                    progress(len(chunk))
+    return written, failures
+
+
+def _score_chunk(loaded, model_id, samples, units, bounds, settings, done, sink) -> int:
+    prep = loaded.preprocessing
+    inputs = prep.normalize(units)
+    labels = torch.tensor([s.label for s in samples], device=units.device)
+    with torch.no_grad():
+        predicted = loaded.model(inputs).argmax(1)
+    targets = predicted if settings.explain == "predicted" else labels
+    written = 0
+    for name in settings.methods:
+        pending = [i for i, s in enumerate(samples) if (model_id, str(s.path), name) not in done]
+        if not pending:
+            continue
+        index = torch.tensor(pending, device=units.device)
+        maps = get_method(name)(loaded.model, inputs[index], targets[index], bounds).detach()
+        if settings.heat_quantization:
+            maps = quantize(maps, settings.heat_quantization)
+        scores = insertion_deletion(loaded.model, units[index], maps, labels[index], prep.normalize, settings.spec,
+                                    settings.batch_size)
+        for row_index, sample_index in enumerate(pending):
+            sample = samples[sample_index]
+            row = {
+                "model": model_id, "image": str(sample.path), "label": sample.label,
+                "target": int(targets[sample_index]), "method": name,
+                **{key: float(scores[key][row_index]) for key in ("insertion", "deletion", "id")},
+                "insertion_curve": [round(v, 6) for v in scores["insertion_curve"][row_index].tolist()],
+                "deletion_curve": [round(v, 6) for v in scores["deletion_curve"][row_index].tolist()],
+            }
+            sink.write(json.dumps(row) + "\n")
+            done.add((model_id, row["image"], name))
+            written += 1
+        sink.flush()
+    return written
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), statistics.pstdev(values) if len(values) > 1 else 0.0
+
+
+def summarize(rows: Sequence[dict], methods: Sequence[str] | None = None) -> list[dict]:
+    """Insertion, Deletion and ID per method as mean and std: over images for one model; over the models' means
+    when there are several (the paper's five CUB models)."""
+    methods = list(methods or dict.fromkeys(row["method"] for row in rows))
+    table = []
+    for method in methods:
+        mine = [row for row in rows if row["method"] == method]
+        model_ids = list(dict.fromkeys(row["model"] for row in mine))
+        entry = {"method": method, "images": len({row["image"] for row in mine}), "models": len(model_ids)}
+        for metric in ("insertion", "deletion", "id"):
+            if len(model_ids) > 1:
+                per_model = [statistics.fmean(r[metric] for r in mine if r["model"] == m) for m in model_ids]
+                entry[metric], entry[f"{metric}_std"] = _mean_std(per_model)
+            else:
+                entry[metric], entry[f"{metric}_std"] = _mean_std([r[metric] for r in mine])
+        table.append(entry)
+    return table
+
+
+def format_markdown(table: Sequence[dict]) -> str:
+    """The table as markdown, values in %."""
+    over = "models" if any(entry["models"] > 1 for entry in table) else "images"
+    lines = ["| method | images | Insertion | Deletion | ID |", "| --- | --- | --- | --- | --- |"]
+    for entry in table:
+        cells = [f"{100 * entry[m]:.1f} +- {100 * entry[m + '_std']:.1f}" for m in ("insertion", "deletion", "id")]
+        lines.append(f"| {entry['method']} | {entry['images']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + f"\n\nvalues in %, mean +- std over {over}"
+
+
+def plot_curves(rows: Sequence[dict], path: Path) -> None:
+    """Mean insertion and deletion curves per method (needs matplotlib)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for method in dict.fromkeys(row["method"] for row in rows):
+        mine = [row for row in rows if row["method"] == method]
+        for axis, key in zip(axes, ("insertion_curve", "deletion_curve")):
+            curves = torch.tensor([row[key] for row in mine if len(row[key]) == len(mine[0][key])])
+            mean = curves.mean(0)
+            axis.plot(torch.linspace(0, 1, len(mean)), mean, label=method)
+    for axis, title in zip(axes, ("Insertion", "Deletion")):
+        axis.set_title(title)
+        axis.set_xlabel("fraction of pixels")
+        axis.set_ylabel("probability of the label")
+    axes[1].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
