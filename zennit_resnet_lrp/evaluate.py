@@ -84,6 +84,7 @@ def evaluate(
     mine = list(samples)[rank::world]
     path = output / ("scores.jsonl" if world == 1 else f"scores.rank{rank}.jsonl")
     written, failures = 0, []
+    _drop_cut_line(path)
     with open(path, "a") as sink:
         for model_id, loaded in models:
             device = next(loaded.model.parameters()).device
@@ -109,6 +110,15 @@ def evaluate(
                 if progress is not None:
                     progress(len(chunk))
     return written, failures
+
+
+def _drop_cut_line(path: Path) -> None:
+    """Cut a last line left unfinished by an interruption, so appended rows start on a line of their own."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        path.write_bytes(data[:data.rfind(b"\n") + 1])
 
 
 def _score_chunk(loaded, model_id, samples, units, bounds, settings, done, sink) -> int:

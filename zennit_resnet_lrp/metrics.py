@@ -19,7 +19,7 @@ class CurveSpec:
     Attributes
     ----------
     step : int or None
-        Pixels (patches) added or removed per curve point; the paper uses 500 at 224x224.
+        Pixels (patches) added or removed per curve point; the paper's 500 (at 224x224) unless ``points`` is given.
     points : int or None
         Alternatively, the number of curve points (``step = ceil(pixels / points)``), for small images.
     patch_size : int
@@ -31,7 +31,7 @@ class CurveSpec:
         threshold masks (``map >= t``), under which tied values enter together.
     """
 
-    step: int | None = 500
+    step: int | None = None
     points: int | None = None
     patch_size: int = 1
     baseline: str = "black"
@@ -40,9 +40,11 @@ class CurveSpec:
     def __post_init__(self) -> None:
         if self.baseline not in BASELINES:
             raise ValueError(f"unknown baseline {self.baseline!r}; choose one of {', '.join(BASELINES)}")
-        if (self.step is None) == (self.points is None):
-            raise ValueError("give exactly one of step and points")
-        if (self.step or 1) < 1 or (self.points or 1) < 1 or self.patch_size < 1:
+        if self.step is not None and self.points is not None:
+            raise ValueError("give step or points, not both")
+        if self.step is None and self.points is None:
+            self.step = 500
+        if any(value is not None and value < 1 for value in (self.step, self.points, self.patch_size)):
             raise ValueError("step, points and patch_size must be positive")
 
     def step_for(self, count: int) -> int:

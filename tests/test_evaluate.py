@@ -1,0 +1,130 @@
+"""resnet-lrp evaluate end to end: ImageFolder and CUB trees, every method, resume, torchrun sharding."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from cli.main import cli
+from zennit_resnet_lrp.data import cub_test, image_folder, imagenet_val, subsample
+from zennit_resnet_lrp.demo import demo_images
+from zennit_resnet_lrp.evaluate import read_rows
+from zennit_resnet_lrp.methods import METHODS
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def digits_by_label():
+    return [(path, int(path.stem.rsplit("label", 1)[1])) for path in demo_images()]
+
+
+@pytest.fixture(scope="module")
+def folder_tree(tmp_path_factory):
+    root = tmp_path_factory.mktemp("folder")
+    for path, label in digits_by_label():
+        (root / f"class{label}").mkdir(exist_ok=True)
+        shutil.copy(path, root / f"class{label}" / path.name)
+    return root
+
+
+@pytest.fixture(scope="module")
+def cub_tree(tmp_path_factory):
+    """CUB_200_2011's own files, made from the digits: every other image in the test split, labels 1-based."""
+    root = tmp_path_factory.mktemp("cub")
+    images, labels, split = [], [], []
+    for index, (path, label) in enumerate(digits_by_label(), start=1):
+        relative = f"{label + 1:03d}.digit_{label}/{path.name}"
+        (root / "images" / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, root / "images" / relative)
+        images.append(f"{index} {relative}")
+        labels.append(f"{index} {label + 1}")
+        split.append(f"{index} {index % 2}")
+    for name, lines in (("images.txt", images), ("image_class_labels.txt", labels), ("train_test_split.txt", split)):
+        (root / name).write_text("\n".join(lines) + "\n")
+    return root
+
+
+def evaluate(*args):
+    return CliRunner().invoke(cli, ["evaluate", *[str(a) for a in args]], catch_exceptions=False)
+
+
+def test_datasets_read_their_layouts(folder_tree, cub_tree):
+    samples, classes = image_folder(folder_tree)
+    assert len(samples) == 20 and classes == [f"class{d}" for d in range(10)]
+    assert all(s.path.parent.name == f"class{s.label}" for s in samples)
+    assert len(imagenet_val(folder_tree)[0]) == 20
+    test, _ = cub_test(cub_tree)
+    assert len(test) == 10  # is_training_image == 0
+    assert all(f"{s.label + 1:03d}." in str(s.path) for s in test)
+    picked = subsample(samples, per_class=1, seed=3)
+    assert sorted(s.label for s in picked) == list(range(10))
+    assert subsample(samples, per_class=1, seed=3) == picked and len(subsample(samples, limit=7)) == 7
+
+
+def test_every_method_on_an_image_folder(folder_tree, tmp_path):
+    result = evaluate("--dataset", "folder", "--dataset-root", folder_tree, "--methods", "all", "--limit", 3,
+                      "--points", 7, "-o", tmp_path, "--plot")
+    assert result.exit_code == 0, result.output
+    table = json.loads((tmp_path / "results.json").read_text())
+    assert [row["method"] for row in table] == list(METHODS)
+    for row in table:
+        assert row["images"] == 3 and 0 <= row["insertion"] <= 1 and 0 <= row["deletion"] <= 1
+        assert row["id"] == pytest.approx(row["insertion"] - row["deletion"])
+    rows = read_rows(tmp_path)
+    assert len(rows) == 3 * len(METHODS) and all(len(r["insertion_curve"]) == 7 for r in rows)
+    assert "| flows_skip |" in result.output and (tmp_path / "results.csv").exists() and (tmp_path / "curves.png").exists()
+
+
+def test_cub_tree_resume_and_several_models(cub_tree, tmp_path):
+    weights = ROOT / "zennit_resnet_lrp" / "data" / "demo-mnist.pt"
+    args = ["--dataset", "cub", "--dataset-root", cub_tree, "--points", 5, "-o", tmp_path,
+            "--weights", weights, "--weights", weights, "--heat-quantization"]
+    first = evaluate(*args, "--methods", "flows_skip")
+    assert first.exit_code == 0, first.output
+    assert len(read_rows(tmp_path)) == 2 * 10
+    # an interrupted write leaves a cut line: it is ignored and that row is computed again
+    path = tmp_path / "scores.jsonl"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:20])
+    second = evaluate(*args, "--methods", "flows_skip,random")
+    assert second.exit_code == 0, second.output
+    rows = read_rows(tmp_path)
+    assert len(rows) == 2 * 10 * 2
+    assert len({(r["model"], r["image"], r["method"]) for r in rows}) == len(rows)
+    table = json.loads((tmp_path / "results.json").read_text())
+    assert all(row["models"] == 2 for row in table)
+    assert "mean +- std over models" in second.output
+
+
+def test_bad_dataset_root(tmp_path):
+    result = evaluate("--dataset", "cub", "--dataset-root", tmp_path)
+    assert result.exit_code == 2 and "images.txt: missing" in result.output
+    result = evaluate("--methods", "flows_skip,magic")
+    assert result.exit_code == 2 and "unknown method(s) magic" in result.output
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_match_one(folder_tree, tmp_path):
+    args = ["evaluate", "--dataset", "folder", "--dataset-root", str(folder_tree), "--methods",
+            "flows_skip,gradient", "--points", 7, "--device", "cpu"]
+    args = [str(a) for a in args]
+    single = subprocess.run([sys.executable, "-m", "cli.main", *args, "-o", str(tmp_path / "one")],
+                            capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert single.returncode == 0, single.stderr
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    double = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                             "--master_port", "29517", "-m", "cli.main", *args, "-o", str(tmp_path / "two")],
+                            capture_output=True, text=True, cwd=ROOT, timeout=600, env=env)
+    assert double.returncode == 0, double.stderr[-2000:]
+    assert sorted((tmp_path / "two").glob("scores*.jsonl")) == [tmp_path / "two" / f"scores.rank{r}.jsonl"
+                                                                 for r in (0, 1)]
+    one = json.loads((tmp_path / "one" / "results.json").read_text())
+    two = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert [r["method"] for r in one] == [r["method"] for r in two]
+    for a, b in zip(one, two):
+        for key in ("images", "insertion", "deletion", "id", "insertion_std", "deletion_std", "id_std"):
+            assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-9), key
