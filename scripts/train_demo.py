@@ -1,4 +1,5 @@
-"""Train the shipped demo models on the MNIST subset in data/mnist_5k.csv.gz (seeded, CPU, a few minutes).
+"""Train the shipped demo models on the MNIST subset in zennit_resnet_lrp/data/mnist_5k.csv.gz (seeded, CPU, about a
+minute each).
 
     python scripts/train_demo.py            # both models; writes zennit_resnet_lrp/data/*.pt and the digits
 
@@ -7,7 +8,6 @@ written as PNG files for the demo. Accuracy on the held-out digits is printed an
 """
 from __future__ import annotations
 
-import gzip
 import json
 import sys
 import time
@@ -20,19 +20,10 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from zennit_resnet_lrp.demo import DATA, DIGITS, demo_basic, demo_bottleneck  # noqa: E402
+from zennit_resnet_lrp.demo import DATA, DIGITS, demo_basic, demo_bottleneck, mnist_split  # noqa: E402
 
 SEED = 0
 MEAN, STD = 0.1307, 0.3081
-
-
-def load_split():
-    with gzip.open(ROOT / "data" / "mnist_5k.csv.gz", "rt") as handle:
-        table = np.loadtxt(handle, delimiter=",", dtype=np.int64)
-    pixels, labels = table[:, :784].reshape(-1, 1, 28, 28).astype(np.uint8), table[:, 784]
-    order = np.random.default_rng(SEED).permutation(len(labels))
-    train, held_out = order[:4000], order[4000:]
-    return (pixels[train], labels[train]), (pixels[held_out], labels[held_out])
 
 
 def to_input(pixels: np.ndarray) -> torch.Tensor:
@@ -91,7 +82,7 @@ def write_digits(held_out) -> None:
 
 def main() -> None:
     torch.set_num_threads(2)
-    train_set, held_out = load_split()
+    train_set, held_out = mnist_split()
     write_digits(held_out)
     metrics = {}
     for build, name in ((demo_basic, "demo-mnist"), (demo_bottleneck, "demo-mnist-bottleneck")):

@@ -89,6 +89,7 @@ class UnknownResidual(torch.nn.Module):
         return x + self.body(x)
 
 
+@pytest.mark.filterwarnings("ignore:Sequential has no torchvision")
 def test_unknown_residual_block_warns_and_names_it():
     torch.manual_seed(0)
     model = torch.nn.Sequential(

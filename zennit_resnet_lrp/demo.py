@@ -67,6 +67,38 @@ DEMO_MODELS["demo-mnist-bottleneck"] = DemoModel(
 DEFAULT_DEMO = "demo-mnist"
 
 
+MNIST_CSV = DATA / "mnist_5k.csv.gz"
+SPLIT_SEED = 0
+
+
+def mnist_split() -> tuple[tuple, tuple]:
+    """The seeded split of the shipped 5,000 MNIST digits: ((pixels, labels) to train: 4,000,
+    (pixels, labels) held out: 1,000); pixels are uint8 (N, 1, 28, 28)."""
+    import gzip
+
+    import numpy as np
+
+    with gzip.open(MNIST_CSV, "rt") as handle:
+        table = np.loadtxt(handle, delimiter=",", dtype=np.int64)
+    pixels, labels = table[:, :784].reshape(-1, 1, 28, 28).astype(np.uint8), table[:, 784]
+    order = np.random.default_rng(SPLIT_SEED).permutation(len(labels))
+    train, held_out = order[:4000], order[4000:]
+    return (pixels[train], labels[train]), (pixels[held_out], labels[held_out])
+
+
+def export_held_out(folder: str | Path, limit: int | None = None) -> Path:
+    """Write the held-out digits as an image-folder tree (``folder/<digit>/<index>.png``) for the evaluation."""
+    from PIL import Image
+
+    folder = Path(folder)
+    _, (pixels, labels) = mnist_split()
+    for index in range(len(labels) if limit is None else min(limit, len(labels))):
+        target = folder / str(int(labels[index]))
+        target.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels[index, 0]).save(target / f"{index:04d}.png")
+    return folder
+
+
 def demo_images() -> list[Path]:
     """The shipped held-out digits (PNG, 28x28), named ``<index>_label<digit>.png``."""
     return sorted(DIGITS.glob("*.png"))

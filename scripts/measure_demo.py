@@ -1,0 +1,53 @@
+"""Measure the shipped demo models on their 1,000 held-out digits: conservation of the default method at the input
+and at every block, and Insertion / Deletion / ID of our methods against the baselines (README figures).
+
+    python scripts/measure_demo.py [--limit N]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from zennit_resnet_lrp import attribute  # noqa: E402
+from zennit_resnet_lrp.data import image_folder, open_image  # noqa: E402
+from zennit_resnet_lrp.demo import export_held_out  # noqa: E402
+from zennit_resnet_lrp.evaluate import EvaluationSettings, evaluate, format_markdown, read_rows, summarize  # noqa
+from zennit_resnet_lrp.metrics import CurveSpec  # noqa: E402
+from zennit_resnet_lrp.models import load_model  # noqa: E402
+
+METHODS = ["flows_skip_conservative", "flows_skip", "zennit_epsilon_plus_flat", "lrp_epsilon_plain", "gradient",
+           "integrated_gradients", "gradcam", "random"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--limit", type=int, default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    with tempfile.TemporaryDirectory() as folder:
+        root = export_held_out(Path(folder) / "digits", args.limit)
+        samples, _ = image_folder(root)
+        for name in ("demo-mnist", "demo-mnist-bottleneck"):
+            loaded = load_model(name)
+            inputs = torch.stack([loaded.preprocessing(open_image(s.path)) for s in samples])
+            for dtype in (torch.float32, torch.float64):
+                model = load_model(name).model.to(dtype)
+                result = attribute(model, inputs.to(dtype), record_blocks=True, batch_size=250)
+                block_error = max(float(((b.input - b.output).abs() / result.start).max()) for b in result.blocks)
+                print(f"{name} {str(dtype)[6:]}: {len(samples)} digits, input error max "
+                      f"{float(result.conservation_error.max()):.2e}, block leak max {block_error:.2e}", flush=True)
+            output = Path(folder) / name
+            settings = EvaluationSettings(METHODS, CurveSpec(points=28), batch_size=256, images_per_step=64)
+            evaluate([(name, loaded)], samples, settings, output)
+            print(f"\n{name}: Insertion / Deletion / ID on {len(samples)} held-out digits (28 points per curve)\n")
+            print(format_markdown(summarize(read_rows(output), METHODS)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
