@@ -92,3 +92,14 @@ def test_paper_splits_conserve_with_conservative_rules(variant, resnet18, inputs
     composite = COMPOSITES[variant](epsilon=0.0, maxpool="proportional", inactive="flat")
     result = lrp.attribute(resnet18, inputs, composite)
     assert float(result.conservation_error.max()) <= 1e-10
+
+
+@pytest.mark.parametrize("method", ["flows_skip_conservative", *VARIANTS])
+def test_fast_path_equals_zennit_hook_path(method, resnet18, inputs):
+    """Rules run as autograd functions (fast, default) give the relevance of the same rules run through zennit's
+    hooks, block sums and all."""
+    fast = lrp.attribute(resnet18, inputs, COMPOSITES[method](), tolerance=None, record_blocks=True)
+    hooked = lrp.attribute(resnet18, inputs, COMPOSITES[method](fast=False), tolerance=None, record_blocks=True)
+    torch.testing.assert_close(fast.relevance, hooked.relevance, rtol=1e-5, atol=1e-5 * float(hooked.relevance.abs().max()))
+    for a, b in zip(fast.blocks, hooked.blocks):
+        torch.testing.assert_close(a.skip, b.skip, rtol=1e-5, atol=1e-12)

@@ -64,10 +64,10 @@ def test_model_restored_when_attribution_fails_midway(model, method, monkeypatch
     model.train()
     before = _state(model)
 
-    def broken(self, module, input, relevance):
+    def broken(self, *args):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(lrp.RelevanceSplit, "relevance", broken)
+    monkeypatch.setattr(lrp.RelevanceSplit, "split", broken)
     with pytest.raises(RuntimeError, match="boom"):
         lrp.attribute(model, x, method)
     _assert_unchanged(model, before, x, output)

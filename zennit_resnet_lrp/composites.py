@@ -11,15 +11,14 @@ from zennit.composites import (
     register_composite,
 )
 from zennit.core import Hook
-from zennit.rules import Pass
 from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetBottleneckCanonizer, ResNetCanonizer
 from zennit.types import Activation, BatchNorm
 
 from .canonizers import MergeBatchNorm, ResidualCanonizer
 from .layer import ResidualSum
 from .rules import (
-    DROP, FLAT, FlatInputZPlus, MaxPoolAverageStandIn, MaxPoolProportional, MaxPoolWinnerTakesAll,
-    PoolProportional, RelevanceSplit, ZPlus,
+    DROP, FLAT, FlatInputZPlus, MaxPoolAverageStandIn, MaxPoolProportional, MaxPoolWinnerTakesAll, Pass,
+    PoolProportional, RelevanceRule, RelevanceSplit, ZPlus,
 )
 from .snapshot import ModelSnapshot
 
@@ -105,6 +104,9 @@ class ResNetLRP(ResidualComposite, SpecialFirstLayerMapComposite):
         Accepted for compatibility with zennit's composites; the z+ rules here always ignore biases.
     stabilizer : float, optional
         zennit's name for ``epsilon``; used if given.
+    fast : bool
+        Run this composite's rules as autograd functions around each module's forward (default), or through
+        zennit's hooks (the slower reference path; the results are the same).
     """
 
     def __init__(
@@ -120,6 +122,7 @@ class ResNetLRP(ResidualComposite, SpecialFirstLayerMapComposite):
         canonizers: Sequence[Canonizer] | None = None,
         zero_params: Sequence[str] | None = None,
         stabilizer: float | None = None,
+        fast: bool = True,
     ) -> None:
         if stabilizer is not None:
             epsilon = stabilizer
@@ -143,6 +146,9 @@ class ResNetLRP(ResidualComposite, SpecialFirstLayerMapComposite):
             (torch.nn.MaxPool2d, maxpool),
         ]
         first_map = list(first_map or []) + [(CONVOLUTION, first_rule or FlatInputZPlus(**rule_args))]
+        for _, rule in layer_map + first_map:
+            if isinstance(rule, RelevanceRule):
+                rule.fast = fast
         super().__init__(layer_map=layer_map, first_map=first_map, canonizers=self._with_residual_canonizer(canonizers))
 
 

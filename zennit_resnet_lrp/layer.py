@@ -21,13 +21,24 @@ class ResidualSum(Sum):
 
     RESIDUAL = 0
     SKIP = 1
+    # set while a rule that takes the two branches separately is registered (see add)
+    pairwise = False
 
     def __init__(self, identity_skip: bool = True) -> None:
         super().__init__(dim=-1)
         self.identity_skip = identity_skip
 
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        """The stacked branches summed over the last dimension; or, given two tensors, their sum."""
+        if len(inputs) == 2:
+            return inputs[0] + inputs[1]
+        return super().forward(*inputs)
+
     def add(self, residual: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        """Return ``residual + skip`` through this module, so that hooks on it see both branches."""
+        """Return ``residual + skip`` through this module, so that rules and hooks on it see both branches
+        (stacked, as zennit's ``Sum`` rules expect, unless the registered rule takes them separately)."""
+        if self.pairwise:
+            return self(residual, skip)
         return self(torch.stack([residual, skip], dim=-1))
 
     def extra_repr(self) -> str:

@@ -18,10 +18,22 @@ FLAT = "flat"
 
 
 class RelevanceRule(Hook):
-    """Base of the rules here: keep the module's input in the forward pass, map relevance in the backward pass.
+    """Base of the rules here: map the relevance of a module's output to its input (:py:meth:`relevance`).
 
-    Subclasses implement :py:meth:`relevance`. One instance serves as a template; zennit registers copies.
+    Registered on a module, a rule takes over the module's backward pass in one of two ways:
+
+    - ``fast = True`` (default): the module's forward runs inside an autograd function whose backward is the
+      rule. The module's own graph is never built or walked, so attribution costs the forward pass plus the rule.
+    - ``fast = False``: zennit's hook mechanism (an identity before the module whose gradient the rule replaces),
+      kept as the reference path.
+
+    One instance serves as a template; zennit registers copies.
     """
+
+    fast = True
+    needs_input = True
+    # attributes set on the module while the fast path is registered (undone by remove())
+    module_attributes: dict = {}
 
     def forward(self, module, input, output):  # noqa: A002 - zennit's signature (three names: no kwargs)
         self.stored_tensors["input"] = input[0].detach()
@@ -34,10 +46,74 @@ class RelevanceRule(Hook):
         """Return the relevance of ``input`` given the ``relevance`` of the module's output."""
         raise NotImplementedError
 
+    def relevance_of_inputs(self, module: torch.nn.Module, inputs: tuple, relevance: torch.Tensor) -> tuple:
+        """The relevance of each of the module's inputs (one for most modules)."""
+        return (self.relevance(module, inputs[0], relevance),)
+
+    def register(self, module: torch.nn.Module):
+        if not self.fast:
+            return super().register(module)
+        return _ForwardOverride(module, self)
+
     def copy(self) -> "RelevanceRule":
         clone = copy.copy(self)
         Hook.__init__(clone)
         return clone
+
+
+class _Propagate(torch.autograd.Function):
+    """The module's forward without a graph; the rule as its backward."""
+
+    @staticmethod
+    def forward(ctx, rule, module, forward, *inputs):
+        ctx.rule, ctx.module = rule, module
+        if rule.needs_input:
+            ctx.save_for_backward(*inputs)
+        return forward(*inputs)
+
+    @staticmethod
+    def backward(ctx, relevance):
+        inputs = ctx.saved_tensors if ctx.rule.needs_input else (None,)
+        return (None, None, None, *ctx.rule.relevance_of_inputs(ctx.module, inputs, relevance))
+
+
+class _ForwardOverride:
+    """Routes a module's forward through :py:class:`_Propagate` while registered; ``remove()`` undoes it."""
+
+    def __init__(self, module: torch.nn.Module, rule: RelevanceRule) -> None:
+        self.module = module
+        self.previous = module.__dict__.get("forward")
+        plain = self.previous or type(module).forward.__get__(module)
+
+        def forward(*inputs, **kwargs):
+            if kwargs or not rule.active or not torch.is_grad_enabled() \
+                    or not any(getattr(x, "requires_grad", False) for x in inputs):
+                return plain(*inputs, **kwargs)
+            return _Propagate.apply(rule, module, plain, *inputs)
+
+        module.forward = forward
+        self.attributes = dict(rule.module_attributes)
+        module.__dict__.update(self.attributes)
+
+    def remove(self) -> None:
+        if self.module is None:
+            return
+        if self.previous is None:
+            self.module.__dict__.pop("forward", None)
+        else:
+            self.module.forward = self.previous
+        for key in self.attributes:
+            self.module.__dict__.pop(key, None)
+        self.module = None
+
+
+class Pass(RelevanceRule):
+    """Relevance passes unchanged (batch norm and ReLU in the paper's rules)."""
+
+    needs_input = False
+
+    def relevance(self, module, input, relevance):
+        return relevance
 
 
 class RelevanceSplit(RelevanceRule):
@@ -63,20 +139,32 @@ class RelevanceSplit(RelevanceRule):
         self.mode = mode
         self.split_identity = split_identity
 
-    def relevance(self, module, input, relevance):
-        residual, skip = input.unbind(-1)
+    # the fast path hands the two branches over separately: no stacking
+    module_attributes = {"pairwise": True}
+
+    def split(self, module, residual: torch.Tensor, skip: torch.Tensor, relevance: torch.Tensor) -> tuple:
+        """``(R_m, R_s)`` for the residual and skip branch."""
         if getattr(module, "identity_skip", False) and not self.split_identity:
-            rho = torch.ones_like(residual)
-        elif self.mode == "symmetric":
-            rho = torch.full_like(residual, 0.5)
+            return relevance, torch.zeros_like(relevance)
+        if self.mode == "symmetric":
+            to_residual = relevance * 0.5
         else:
             magnitude = residual.abs()
-            total = magnitude + skip.abs()
-            rho = torch.where(total > 0, magnitude / total.where(total > 0, torch.ones_like(total)), 0.5)
+            rho = (magnitude / (magnitude + skip.abs())).nan_to_num_(nan=0.5)  # 0/0: an even split
+            to_residual = rho.mul_(relevance)
+        return to_residual, relevance - to_residual
+
+    def relevance(self, module, input, relevance):
         parts = [None, None]
-        parts[ResidualSum.RESIDUAL] = rho * relevance
-        parts[ResidualSum.SKIP] = relevance - parts[ResidualSum.RESIDUAL]
+        parts[ResidualSum.RESIDUAL], parts[ResidualSum.SKIP] = self.split(
+            module, input[..., ResidualSum.RESIDUAL], input[..., ResidualSum.SKIP], relevance
+        )
         return torch.stack(parts, dim=-1)
+
+    def relevance_of_inputs(self, module, inputs, relevance):
+        if len(inputs) == 2:
+            return self.split(module, inputs[0], inputs[1], relevance)
+        return (self.relevance(module, inputs[0], relevance),)
 
 
 class PositiveProportional(RelevanceRule):
@@ -113,22 +201,32 @@ class PositiveProportional(RelevanceRule):
         """Return ``(input_part, map)`` pairs whose outputs add up to the positive pre-activation."""
         return [(input, lambda x: self.positive_map(module, x))]
 
+    # True where f(a) >= 0 for every input (z+ maps): cheaper, sign-free arithmetic
+    nonnegative_map = False
+
     def relevance(self, module, input, relevance):
         if self.flat_input:
             input = torch.ones_like(input)
         linearised = [(part, *_linearised(function, part)) for part, function in self.parts(module, input)]
-        output = sum(out for _, out, _ in linearised)
+        output = linearised[0][1] if len(linearised) == 1 else sum(out for _, out, _ in linearised)
         tiny = torch.finfo(output.dtype).tiny ** 0.5
-        active = output.abs() > tiny
-        if self.epsilon:
-            scaled = relevance / (output + self.epsilon * (2 * (output >= 0).to(output) - 1))
+        if self.nonnegative_map:
+            # f(a) = 0 means every contribution is 0: dividing by tiny instead gives those outputs nothing
+            denominator = output + self.epsilon if self.epsilon else output.clamp_min(tiny)
+            inactive = output <= tiny
         else:
-            scaled = relevance * active / output.where(active, torch.ones_like(output))
-        result = sum(part * transpose(scaled) for part, _, transpose in linearised)
-        if self.inactive == FLAT:
-            stray = relevance * ~active
-            if bool(stray.any()):
-                result = result + _spread_flat(lambda x, uniform: self.positive_map(module, x, uniform), input, stray)
+            inactive = output.abs() <= tiny
+            if self.epsilon:
+                denominator = output + self.epsilon * (2 * (output >= 0).to(output) - 1)
+            else:
+                denominator = output.masked_fill(inactive, float("inf"))
+        scaled = relevance / denominator
+        result = linearised[0][0] * linearised[0][2](scaled)
+        for part, _, transpose in linearised[1:]:
+            result = result + part * transpose(scaled)
+        if self.inactive == FLAT and bool(inactive.any()):
+            stray = relevance * inactive
+            result = result + _spread_flat(lambda x, uniform: self.positive_map(module, x, uniform), input, stray)
         return result
 
 
@@ -164,6 +262,8 @@ def _spread_flat(positive_map, input, stray):
 class _WeightedMap(PositiveProportional):
     """Map through the module's weights clamped to their positive (or, for ``sign = -1``, negative) part."""
 
+    nonnegative_map = True
+
     def positive_map(self, module, input, uniform=False, negative=False):
         if uniform:
             weight = torch.ones_like(module.weight)
@@ -174,7 +274,7 @@ class _WeightedMap(PositiveProportional):
         return module._conv_forward(input, weight, None)
 
     def parts(self, module, input):
-        if self.flat_input or not bool((input < 0).any()):
+        if self.flat_input or not bool(input.min() < 0):
             return super().parts(module, input)
         # signed input: the positive contributions are a+ W+ and a- W-
         return [
@@ -206,7 +306,7 @@ class PoolProportional(PositiveProportional):
     ``R_i = a_i (1/n) R / (avgpool(a) + epsilon)``."""
 
     def positive_map(self, module, input, uniform=False):
-        return module.forward(input)
+        return type(module).forward(module, input)  # the class forward: the instance one is ours
 
 
 class MaxPoolAverageStandIn(PositiveProportional):
@@ -234,5 +334,5 @@ class MaxPoolWinnerTakesAll(RelevanceRule):
     """Conservative max-pool rule: each output's relevance goes to the input that won the max (its gradient)."""
 
     def relevance(self, module, input, relevance):
-        output, transpose = _linearised(module.forward, input)
+        output, transpose = _linearised(lambda x: type(module).forward(module, x), input)
         return transpose(relevance)

@@ -96,6 +96,12 @@ class RelevanceRecorder:
 
     def _skip_hook(self, name):
         def hook(module, args):
+            if len(args) == 2:  # the branches handed over separately
+                if not args[1].requires_grad:
+                    return None
+                skip = args[1].clone()
+                skip.register_hook(self._store(name, "skip"))
+                return (args[0], skip)
             if not args[0].requires_grad:
                 return None
             stacked = args[0].clone()
