@@ -57,6 +57,7 @@ class RelevanceRule(Hook):
 
     def copy(self) -> "RelevanceRule":
         clone = copy.copy(self)
+        clone.__dict__.pop("_weights", None)  # caches belong to one module
         Hook.__init__(clone)
         return clone
 
@@ -198,8 +199,14 @@ class PositiveProportional(RelevanceRule):
         raise NotImplementedError
 
     def parts(self, module: torch.nn.Module, input: torch.Tensor) -> list:
-        """Return ``(input_part, map)`` pairs whose outputs add up to the positive pre-activation."""
-        return [(input, lambda x: self.positive_map(module, x))]
+        """Return ``(input_part, options)`` pairs: the positive pre-activation is the sum over the pairs of
+        ``positive_map(module, input_part, **options)``."""
+        return [(input, {})]
+
+    def linearise(self, module: torch.nn.Module, input: torch.Tensor, **options) -> tuple:
+        """``(f(input), transpose)`` for the positive map with ``options``; by autograd unless a subclass knows
+        the transpose."""
+        return _linearised(lambda x: self.positive_map(module, x, **options), input)
 
     # True where f(a) >= 0 for every input (z+ maps): cheaper, sign-free arithmetic
     nonnegative_map = False
@@ -207,13 +214,13 @@ class PositiveProportional(RelevanceRule):
     def relevance(self, module, input, relevance):
         if self.flat_input:
             input = torch.ones_like(input)
-        linearised = [(part, *_linearised(function, part)) for part, function in self.parts(module, input)]
+        linearised = [(part, *self.linearise(module, part, **options)) for part, options in self.parts(module, input)]
         output = linearised[0][1] if len(linearised) == 1 else sum(out for _, out, _ in linearised)
         tiny = torch.finfo(output.dtype).tiny ** 0.5
         if self.nonnegative_map:
             # f(a) = 0 means every contribution is 0: dividing by tiny instead gives those outputs nothing
             denominator = output + self.epsilon if self.epsilon else output.clamp_min(tiny)
-            inactive = output <= tiny
+            inactive = (output <= tiny) if self.inactive == FLAT and bool(output.amin() <= tiny) else None
         else:
             inactive = output.abs() <= tiny
             if self.epsilon:
@@ -224,9 +231,22 @@ class PositiveProportional(RelevanceRule):
         result = linearised[0][0] * linearised[0][2](scaled)
         for part, _, transpose in linearised[1:]:
             result = result + part * transpose(scaled)
-        if self.inactive == FLAT and bool(inactive.any()):
-            stray = relevance * inactive
-            result = result + _spread_flat(lambda x, uniform: self.positive_map(module, x, uniform), input, stray)
+        if self.inactive == FLAT and inactive is not None and bool(inactive.any()):
+            result = result + self._spread_flat(module, input, relevance * inactive)
+        return result
+
+    def _spread_flat(self, module, input, stray):
+        """Spread ``stray`` output relevance over the inputs as if they were all ones: by the positive weights, or
+        evenly where those are zero."""
+        ones = torch.ones_like(input)
+        result = torch.zeros_like(input)
+        for uniform in (False, True):
+            output, transpose = self.linearise(module, ones, uniform=uniform)
+            covered = output > 0
+            result = result + transpose(stray * covered / output.where(covered, torch.ones_like(output)))
+            stray = stray * ~covered
+            if not bool(stray.any()):
+                break
         return result
 
 
@@ -243,44 +263,54 @@ def _linearised(function, input):
     return output.detach(), transpose
 
 
-def _spread_flat(positive_map, input, stray):
-    """Spread ``stray`` output relevance over the inputs as if they were all ones: by the positive weights, or
-    evenly where those are zero."""
-    ones = torch.ones_like(input)
-    result = torch.zeros_like(input)
-    remaining = stray
-    for uniform in (False, True):
-        output, transpose = _linearised(lambda x: positive_map(x, uniform), ones)
-        covered = output > 0
-        result = result + transpose(remaining * covered / output.where(covered, torch.ones_like(output)))
-        remaining = remaining * ~covered
-        if not bool(remaining.any()):
-            break
-    return result
-
-
 class _WeightedMap(PositiveProportional):
     """Map through the module's weights clamped to their positive (or, for ``sign = -1``, negative) part."""
 
     nonnegative_map = True
 
+    def weight(self, module, uniform=False, negative=False) -> torch.Tensor:
+        """The clamped (or all-ones) weight, computed once per module and weight version."""
+        key = (module.weight._version, module.weight.data_ptr(), uniform, negative)
+        cache = self.__dict__.setdefault("_weights", {})
+        if key not in cache:
+            if len(cache) > 8:
+                cache.clear()
+            weight = module.weight.detach()
+            if uniform:
+                cache[key] = torch.ones_like(weight)
+            else:
+                cache[key] = weight.clamp(max=0) if negative else weight.clamp(min=0)
+        return cache[key]
+
     def positive_map(self, module, input, uniform=False, negative=False):
-        if uniform:
-            weight = torch.ones_like(module.weight)
-        else:
-            weight = module.weight.clamp(max=0) if negative else module.weight.clamp(min=0)
+        weight = self.weight(module, uniform, negative)
         if isinstance(module, torch.nn.Linear):
             return F.linear(input, weight)
         return module._conv_forward(input, weight, None)
+
+    def linearise(self, module, input, uniform=False, negative=False):
+        weight = self.weight(module, uniform, negative)
+        with torch.no_grad():
+            if isinstance(module, torch.nn.Linear):
+                return F.linear(input, weight), lambda vector: vector @ weight
+            if module.padding_mode != "zeros" or isinstance(module.padding, str):
+                return super().linearise(module, input, uniform=uniform, negative=negative)
+            output = module._conv_forward(input, weight, None)
+
+        def transpose(vector):
+            # the input gradient of the convolution alone (no weight gradient, no autograd graph)
+            return torch.ops.aten.convolution_backward(
+                vector, input, weight, None, module.stride, module.padding, module.dilation, False,
+                [0] * len(module.stride), module.groups, [True, False, False],
+            )[0]
+
+        return output, transpose
 
     def parts(self, module, input):
         if self.flat_input or not bool(input.min() < 0):
             return super().parts(module, input)
         # signed input: the positive contributions are a+ W+ and a- W-
-        return [
-            (input.clamp(min=0), lambda x: self.positive_map(module, x)),
-            (input.clamp(max=0), lambda x: self.positive_map(module, x, negative=True)),
-        ]
+        return [(input.clamp(min=0), {}), (input.clamp(max=0), {"negative": True})]
 
 
 class ZPlus(_WeightedMap):
