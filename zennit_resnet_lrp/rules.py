@@ -57,7 +57,6 @@ class RelevanceRule(Hook):
 
     def copy(self) -> "RelevanceRule":
         clone = copy.copy(self)
-        clone.__dict__.pop("_weights", None)  # caches belong to one module
         Hook.__init__(clone)
         return clone
 
@@ -269,18 +268,11 @@ class _WeightedMap(PositiveProportional):
     nonnegative_map = True
 
     def weight(self, module, uniform=False, negative=False) -> torch.Tensor:
-        """The clamped (or all-ones) weight, computed once per module and weight version."""
-        key = (module.weight._version, module.weight.data_ptr(), uniform, negative)
-        cache = self.__dict__.setdefault("_weights", {})
-        if key not in cache:
-            if len(cache) > 8:
-                cache.clear()
-            weight = module.weight.detach()
-            if uniform:
-                cache[key] = torch.ones_like(weight)
-            else:
-                cache[key] = weight.clamp(max=0) if negative else weight.clamp(min=0)
-        return cache[key]
+        """The clamped (or all-ones) weight; made afresh each time, so no copy of the model stays in memory."""
+        weight = module.weight.detach()
+        if uniform:
+            return torch.ones_like(weight)
+        return weight.clamp(max=0) if negative else weight.clamp(min=0)
 
     def positive_map(self, module, input, uniform=False, negative=False):
         weight = self.weight(module, uniform, negative)
