@@ -230,8 +230,10 @@ class PositiveProportional(RelevanceRule):
         result = linearised[0][0] * linearised[0][2](scaled)
         for part, _, transpose in linearised[1:]:
             result = result + part * transpose(scaled)
-        if self.inactive == FLAT and inactive is not None and bool(inactive.any()):
-            result = result + self._spread_flat(module, input, relevance * inactive)
+        if self.inactive == FLAT and inactive is not None:
+            stray = relevance * inactive
+            if bool(stray.any()):  # relevance, not just an inactive unit, is there to place
+                result = result + self._spread_flat(module, input, stray)
         return result
 
     def _spread_flat(self, module, input, stray):
