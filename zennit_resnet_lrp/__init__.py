@@ -1,6 +1,7 @@
 """LRP with conservation for ResNets: Relevance Splitting (Otsuki et al., ECCV 2024) as zennit canonizers,
 rules and composites."""
 from .attribution import Attribution, AttributionError, ConservationWarning, attribute, make_composite
+from .conservation import ConservationReport, check_conservation
 from .canonizers import MergeBatchNorm, ResidualCanonizer, residual_blocks
 from .composites import (
     DEFAULT_METHOD, OUR_COMPOSITES, PAPER_VARIANTS, EpsilonAlpha2Beta1Split, EpsilonGammaBoxSplit,
