@@ -129,10 +129,11 @@ def explain_images(
             shown = normalize(maps, options.sign) if options.normalize else maps
             probabilities = result.probabilities
             for index, (path, cropped) in enumerate(images):
-                record = _write(loaded, stems[path], path, cropped, output, options, result, shown, probabilities, index)
+                record, heatmap_image = _write(loaded, stems[path], path, cropped, output, options, result, shown,
+                                               probabilities, index)
                 results.append(record)
                 if len(tiles) < 2 * OVERVIEW_LIMIT:
-                    tiles += [cropped, Image.open(record.heatmap)]
+                    tiles += [cropped, heatmap_image]
                 if on_result is not None:
                     on_result(record)
         write_summary(output, results)
@@ -142,7 +143,8 @@ def explain_images(
     return results, failures
 
 
-def _write(loaded, stem, path, cropped, output, options, result, shown, probabilities, index) -> Explained:
+def _write(loaded, stem, path, cropped, output, options, result, shown, probabilities, index):
+    """Write one (image, target)'s files; return its summary record and the heatmap image."""
     target = int(result.target[index])
     predicted = int(probabilities[index].argmax())
     base = f"{stem}_{target}"
@@ -163,7 +165,7 @@ def _write(loaded, stem, path, cropped, output, options, result, shown, probabil
         start=float(result.start[index]), relevance_sum=float(result.total[index]),
         conservation_error=float(result.conservation_error[index]),
         **{key: str(value) for key, value in files.items()},
-    )
+    ), heatmap_image
 
 
 def write_summary(output: Path, results: Sequence[Explained]) -> None:

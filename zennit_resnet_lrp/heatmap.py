@@ -93,10 +93,6 @@ def overlay(heatmap_image: Image.Image, image: Image.Image, alpha: float = 0.6) 
     return Image.blend(base, heatmap_image.convert("RGB"), alpha)
 
 
-def to_numpy(tensor: torch.Tensor) -> np.ndarray:
-    return tensor.detach().cpu().numpy()
-
-
 def montage(tiles: list[Image.Image], columns: int = 10, tile: int = 112) -> Image.Image:
     """Tiles side by side in rows of ``columns``, each scaled to ``tile`` pixels (nearest neighbour: pixels stay
     sharp), for an overview of many heatmaps."""

@@ -10,7 +10,7 @@ from unittest import mock
 
 import torch
 from zennit.attribution import Gradient, IntegratedGradients, SmoothGrad
-from zennit.composites import COMPOSITES, EpsilonPlusFlat, LayerMapComposite
+from zennit.composites import COMPOSITES, EpsilonGammaBox, EpsilonPlusFlat, LayerMapComposite
 from zennit.rules import Epsilon, Norm, Pass
 from zennit.torchvision import ResNetCanonizer
 from zennit.types import Activation, AvgPool, Convolution, Linear
@@ -29,23 +29,20 @@ class MethodError(ValueError):
 
 def _composite_method(make) -> Method:
     def run(model, inputs, targets, bounds=None):
-        composite = make()
-        if bounds is not None and hasattr(composite, "layer_map"):
-            _set_box_bounds(composite, bounds, inputs)
-        return attribute(model, inputs, composite, targets, tolerance=None).heatmap
+        return attribute(model, inputs, make(), targets, tolerance=None).heatmap
     return run
 
 
-def _set_box_bounds(composite, bounds, inputs) -> None:
-    """Point the box rule of a composite (EpsilonGammaBox's first layer) at the model's own pixel range."""
-    from zennit.rules import ZBox
-
-    for _, rule in getattr(composite, "first_map", []):
-        if isinstance(rule, ZBox):
-            low, high = (torch.as_tensor(b, dtype=inputs.dtype, device=inputs.device).view(1, -1, 1, 1)
-                         for b in bounds)
-            fresh = ZBox(low=low, high=high)
-            rule.input_modifiers = fresh.input_modifiers
+def _box_method(cls) -> Method:
+    """A composite with a box rule (EpsilonGammaBox) bounded by the model's own pixel range."""
+    def run(model, inputs, targets, bounds=None):
+        kwargs = {}
+        if bounds is not None:
+            kwargs["low"], kwargs["high"] = (
+                torch.as_tensor(edge, dtype=inputs.dtype, device=inputs.device).view(1, -1, 1, 1) for edge in bounds
+            )
+        return attribute(model, inputs, cls(**kwargs), targets, tolerance=None).heatmap
+    return run
 
 
 def _plain_epsilon() -> LayerMapComposite:
@@ -125,7 +122,8 @@ def _random(model, inputs, targets, bounds=None):
 
 
 METHODS: dict[str, Method] = {
-    **{name: _composite_method(COMPOSITES[name]) for name in OUR_COMPOSITES},
+    **{name: (_box_method if issubclass(COMPOSITES[name], EpsilonGammaBox) else _composite_method)(COMPOSITES[name])
+       for name in OUR_COMPOSITES},
     "zennit_epsilon_plus_flat": _composite_method(lambda: EpsilonPlusFlat(canonizers=[ResNetCanonizer()])),
     "lrp_epsilon_plain": _composite_method(_plain_epsilon),
     "gradient": _saliency,
