@@ -41,8 +41,12 @@ def _load_config(ctx: click.Context, param: click.Parameter, value: str | None):
     for key in ("mean", "std"):
         if isinstance(config.get(key), list):
             config[key] = ",".join(str(value) for value in config[key])
-    names = {p.name for p in ctx.command.params}
-    ctx.default_map = {**(ctx.default_map or {}), **{k: v for k, v in config.items() if k in names}}
+    params = {p.name: p for p in ctx.command.params}
+    config = {k: v for k, v in config.items() if k in params}
+    for key, value in config.items():
+        if getattr(params[key], "multiple", False) and not isinstance(value, list):
+            config[key] = [value]  # e.g. one checkpoint where several may be given
+    ctx.default_map = {**(ctx.default_map or {}), **config}
     return value
 
 

@@ -128,3 +128,15 @@ def test_torchrun_two_processes_match_one(folder_tree, tmp_path):
     for a, b in zip(one, two):
         for key in ("images", "insertion", "deletion", "id", "insertion_std", "deletion_std", "id_std"):
             assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-9), key
+
+
+def test_config_with_one_checkpoint_and_shipped_configs(tmp_path):
+    weights = ROOT / "zennit_resnet_lrp" / "data" / "demo-mnist.pt"
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps({"model": "demo-mnist", "weights": str(weights), "limit": 2, "batch_size": 32}))
+    result = evaluate("-c", config, "--methods", "random", "--points", 4, "-o", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "out" / "results.json").read_text())[0]["images"] == 2
+    for name in ("ImageNet_resnet50.json", "CUB_resnet50.json"):
+        missing = evaluate("-c", ROOT / "configs" / name, "-o", tmp_path / name)
+        assert missing.exit_code == 2 and "no such dataset folder" in missing.output or "missing" in missing.output
