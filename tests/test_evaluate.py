@@ -139,4 +139,5 @@ def test_config_with_one_checkpoint_and_shipped_configs(tmp_path):
     assert json.loads((tmp_path / "out" / "results.json").read_text())[0]["images"] == 2
     for name in ("ImageNet_resnet50.json", "CUB_resnet50.json"):
         missing = evaluate("-c", ROOT / "configs" / name, "-o", tmp_path / name)
-        assert missing.exit_code == 2 and "no such dataset folder" in missing.output or "missing" in missing.output
+        assert missing.exit_code == 2, missing.output
+        assert "no such dataset folder" in missing.output or "images.txt: missing" in missing.output
