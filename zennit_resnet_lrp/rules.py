@@ -150,8 +150,8 @@ class RelevanceSplit(RelevanceRule):
             to_residual = relevance * 0.5
         else:
             magnitude = residual.abs()
-            rho = (magnitude / (magnitude + skip.abs())).nan_to_num_(nan=0.5)  # 0/0: an even split
-            to_residual = rho.mul_(relevance)
+            total = skip.abs().add_(magnitude)
+            to_residual = magnitude.div_(total).nan_to_num_(nan=0.5).mul_(relevance)  # 0/0: an even split
         return to_residual, relevance - to_residual
 
     def relevance(self, module, input, relevance):
@@ -217,17 +217,18 @@ class PositiveProportional(RelevanceRule):
         output = linearised[0][1] if len(linearised) == 1 else sum(out for _, out, _ in linearised)
         tiny = torch.finfo(output.dtype).tiny ** 0.5
         if self.nonnegative_map:
-            # f(a) = 0 means every contribution is 0: dividing by tiny instead gives those outputs nothing
-            denominator = output + self.epsilon if self.epsilon else output.clamp_min(tiny)
+            # f(a) = 0 means every contribution is 0: dividing by tiny instead gives those outputs nothing.
+            # In place: the output is ours, and these maps are memory-bound
             inactive = (output <= tiny) if self.inactive == FLAT and bool(output.amin() <= tiny) else None
+            denominator = output.add_(self.epsilon) if self.epsilon else output.clamp_min_(tiny)
         else:
             inactive = output.abs() <= tiny
             if self.epsilon:
                 denominator = output + self.epsilon * (2 * (output >= 0).to(output) - 1)
             else:
                 denominator = output.masked_fill(inactive, float("inf"))
-        scaled = relevance / denominator
-        result = linearised[0][0] * linearised[0][2](scaled)
+        scaled = denominator.reciprocal_().mul_(relevance) if self.nonnegative_map else relevance / denominator
+        result = linearised[0][2](scaled).mul_(linearised[0][0])
         for part, _, transpose in linearised[1:]:
             result = result + part * transpose(scaled)
         if self.inactive == FLAT and inactive is not None:
