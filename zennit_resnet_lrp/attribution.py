@@ -6,12 +6,12 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
-from zennit.composites import COMPOSITES
+from zennit.composites import COMPOSITES, EpsilonGammaBox
 from zennit.core import Composite
 
 from .canonizers import ResidualCanonizer, residual_blocks
 from .composites import DEFAULT_METHOD, ResidualComposite, _imagenet_bounds
-from .snapshot import ModelSnapshot
+from .snapshot import evaluating
 from .tracing import ModuleRelevance, RelevanceRecorder
 
 STARTS = ("softmax", "logit", "one")
@@ -92,7 +92,7 @@ def make_composite(method: str | Composite = DEFAULT_METHOD) -> Composite:
     if issubclass(cls, ResidualComposite):
         return cls()
     kwargs = {"canonizers": [ResidualCanonizer(merge_batchnorm=True)]}
-    if method == "epsilon_gamma_box":
+    if issubclass(cls, EpsilonGammaBox):  # its box rule needs bounds: those of ImageNet-normalised images
         kwargs["low"], kwargs["high"] = _imagenet_bounds()
     return cls(**kwargs)
 
@@ -203,52 +203,45 @@ def attribute(
         )
     if target is not None:
         target = _target_tensor(target, inputs.shape[0])
-    size = batch_size or inputs.shape[0]
-    parts = _run(model, inputs, composite, target, start, size, record_blocks)
-    result = Attribution(
-        relevance=torch.cat([part[0] for part in parts]),
-        target=torch.cat([part[1] for part in parts]),
-        start=torch.cat([part[2] for part in parts]),
-        output=torch.cat([part[3] for part in parts]),
-        blocks=parts[0][4] if record_blocks else None,
-    )
+    result = _run(model, inputs, composite, target, start, batch_size or inputs.shape[0], record_blocks)
     if tolerance is not None:
         _warn_if_not_conserved(model, inputs, composite, result, start, tolerance)
     return result
 
 
-def _run(model, inputs, composite, target, start, size, record_blocks, watch=None):
-    """Register ``composite`` (and a recorder) once, attribute chunk by chunk, and restore the model."""
-    snapshot = ModelSnapshot(model)
+def _run(model, inputs, composite, target, start, size, record_blocks, watch=None) -> Attribution:
+    """Register ``composite`` (and a recorder of the blocks, or of the modules named in ``watch``) once, attribute
+    chunk by chunk, and restore the model."""
     recorder = None
-    parts = []
-    try:
-        model.eval()
-        composite.register(model)
-        if record_blocks or watch is not None:
-            modules = dict(model.named_modules())
-            names = watch if watch is not None else [name for name, _ in residual_blocks(model)]
-            recorder = RelevanceRecorder({name: modules[name] for name in names}).register()
-        for begin in range(0, inputs.shape[0], size):
-            chunk = inputs[begin:begin + size].detach().clone().requires_grad_(True)
-            chunk_target = None if target is None else target[begin:begin + size]
-            with torch.enable_grad():
-                output = model(chunk)
-                if output.ndim != 2:
-                    raise AttributionError(f"the model returned shape {tuple(output.shape)}; expected logits (N, K)")
-                chosen = _targets(chunk_target, output.detach())
-                values = _start_values(output.detach(), chosen, start)
-                seed = torch.zeros_like(output).scatter(1, chosen[:, None], values[:, None])
-                (relevance,) = torch.autograd.grad(output, chunk, seed)
-            parts.append([relevance.detach(), chosen, values, output.detach(), None])
-        if recorder is not None:
-            parts[0][4] = recorder.results()
-    finally:
-        if recorder is not None:
-            recorder.remove()
-        composite.remove()
-        snapshot.restore()
-    return parts
+    chunks = []
+    with evaluating(model):
+        try:
+            composite.register(model)
+            if record_blocks or watch is not None:
+                modules = dict(model.named_modules())
+                names = watch if watch is not None else [name for name, _ in residual_blocks(model)]
+                recorder = RelevanceRecorder({name: modules[name] for name in names}).register()
+            for begin in range(0, inputs.shape[0], size):
+                chunk = inputs[begin:begin + size].detach().clone().requires_grad_(True)
+                with torch.enable_grad():
+                    output = model(chunk)
+                    if output.ndim != 2:
+                        raise AttributionError(
+                            f"the model returned shape {tuple(output.shape)}; expected logits (N, K)"
+                        )
+                    output_values = output.detach()
+                    chosen = _targets(None if target is None else target[begin:begin + size], output_values)
+                    values = _start_values(output_values, chosen, start)
+                    seed = torch.zeros_like(output).scatter(1, chosen[:, None], values[:, None])
+                    (relevance,) = torch.autograd.grad(output, chunk, seed)
+                chunks.append((relevance.detach(), chosen, values, output_values))
+            blocks = recorder.results() if recorder is not None else None
+        finally:
+            if recorder is not None:
+                recorder.remove()
+            composite.remove()
+    relevance, chosen, values, outputs = (torch.cat(column) for column in zip(*chunks))
+    return Attribution(relevance, chosen, values, outputs, blocks)
 
 
 def _warn_if_not_conserved(model, inputs, composite, result, start, tolerance) -> None:
@@ -265,8 +258,8 @@ def _warn_if_not_conserved(model, inputs, composite, result, start, tolerance) -
     # run the worst sample again, watching every module, to say where relevance appears or vanishes
     names = [name for name, _ in model.named_modules() if name]
     sample = inputs[worst:worst + 1]
-    parts = _run(model, sample, composite, result.target[worst:worst + 1], start, 1, False, watch=names)
-    where = _culprits(parts[0][4] or [], float(result.start[worst]), tolerance, dict(model.named_modules()))
+    traced = _run(model, sample, composite, result.target[worst:worst + 1], start, 1, False, watch=names)
+    where = _culprits(traced.blocks or [], float(result.start[worst]), tolerance, dict(model.named_modules()))
     if where and ratio > 1:
         hint = (f"; it grows in {where}: a residual addition the canonizer does not know (x + f(x) in a custom "
                 "forward) doubles relevance; route it through zennit_resnet_lrp.ResidualSum")

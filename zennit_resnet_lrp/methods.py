@@ -18,7 +18,7 @@ from zennit.types import Activation, AvgPool, Convolution, Linear
 from .attribution import attribute
 from .canonizers import MergeBatchNorm
 from .composites import OUR_COMPOSITES
-from .snapshot import ModelSnapshot
+from .snapshot import evaluating
 
 Method = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, tuple], torch.Tensor]
 
@@ -54,37 +54,26 @@ def _plain_epsilon() -> LayerMapComposite:
     )
 
 
+def _one_hot(targets: torch.Tensor):
+    """The output relevance for zennit's attributors: 1 at each sample's target (a function of the output, so the
+    number of classes comes from the forward pass that runs anyway)."""
+    return lambda output: torch.zeros_like(output).scatter(1, targets[:, None].to(output.device), 1.0)
+
+
 def _zennit_attributor(attributor_cls, composite=None, times_input=False, **kwargs) -> Method:
     def run(model, inputs, targets, bounds=None):
-        snapshot = ModelSnapshot(model)
-        try:
-            model.eval()
+        with evaluating(model):
             made = composite() if composite is not None else None
             with attributor_cls(model, made, **kwargs) as attributor:
-                eye = torch.eye(_classes(model, inputs), device=inputs.device, dtype=inputs.dtype)
-                _, relevance = attributor(inputs.detach(), eye[targets])
-        finally:
-            snapshot.restore()
-            model.zero_grad(set_to_none=True)
+                _, relevance = attributor(inputs.detach(), _one_hot(targets))
         return (relevance * inputs if times_input else relevance).sum(1)
     return run
 
 
-def _classes(model, inputs) -> int:
-    with torch.no_grad():
-        return model(inputs[:1]).shape[1]
-
-
 def _saliency(model, inputs, targets, bounds=None):
-    snapshot = ModelSnapshot(model)
-    try:
-        model.eval()
-        with torch.enable_grad():
-            x = inputs.detach().requires_grad_()
-            output = model(x)
-            (gradient,) = torch.autograd.grad(output.gather(1, targets[:, None]).sum(), x)
-    finally:
-        snapshot.restore()
+    with evaluating(model), torch.enable_grad():
+        x = inputs.detach().requires_grad_()
+        (gradient,) = torch.autograd.grad(model(x).gather(1, targets[:, None]).sum(), x)
     return gradient.abs().sum(1)
 
 
@@ -96,20 +85,11 @@ def _cam(kind: str) -> Method:
         except ImportError:
             raise MethodError(f"{kind} needs the grad-cam package: pip install 'zennit-resnet-lrp[cam]'") from None
         layer = model.layer4[-1]  # the paper's target layer
-        snapshot = ModelSnapshot(model)
-        try:
-            model.eval()
-            kwargs = {"batch_size": 64} if kind == "scorecam" else {}
-            cam_cls = {"gradcam": pytorch_grad_cam.GradCAM, "scorecam": pytorch_grad_cam.ScoreCAM}[kind]
-            quiet = mock.patch("pytorch_grad_cam.score_cam.tqdm.tqdm", lambda items, **_: items)  # its own bars
-            with quiet, cam_cls(model=model, target_layers=[layer]) as cam:
-                if kwargs:
-                    cam.batch_size = kwargs["batch_size"]
-                maps = cam(input_tensor=inputs.detach(),
-                           targets=[ClassifierOutputTarget(int(t)) for t in targets])
-        finally:
-            snapshot.restore()
-            model.zero_grad(set_to_none=True)
+        cam_cls = {"gradcam": pytorch_grad_cam.GradCAM, "scorecam": pytorch_grad_cam.ScoreCAM}[kind]
+        quiet = mock.patch("pytorch_grad_cam.score_cam.tqdm.tqdm", lambda items, **_: items)  # its own bars
+        with evaluating(model), quiet, cam_cls(model=model, target_layers=[layer]) as cam:
+            cam.batch_size = 64  # Score-CAM's masked images per forward pass (Grad-CAM ignores it)
+            maps = cam(input_tensor=inputs.detach(), targets=[ClassifierOutputTarget(int(t)) for t in targets])
         return torch.as_tensor(maps, device=inputs.device, dtype=inputs.dtype)
     return run
 
@@ -135,20 +115,6 @@ METHODS: dict[str, Method] = {
     "scorecam": _cam("scorecam"),
     "random": _random,
 }
-
-DESCRIPTIONS = {
-    "zennit_epsilon_plus_flat": "zennit's EpsilonPlusFlat with its own ResNetCanonizer (Norm at the sums)",
-    "lrp_epsilon_plain": "the paper's LRP baseline: epsilon rules, BN merged, residual add left plain",
-    "gradient": "saliency: |gradient| summed over channels",
-    "gradient_x_input": "gradient times input, summed over channels",
-    "integrated_gradients": "Integrated Gradients (zennit, 32 steps from a zero baseline)",
-    "smoothgrad": "SmoothGrad (zennit, 16 samples, noise 0.1)",
-    "guided_backprop": "Guided Backprop (zennit)",
-    "gradcam": "Grad-CAM on layer4[-1], upsampled (grad-cam package)",
-    "scorecam": "Score-CAM on layer4[-1], upsampled (grad-cam package)",
-    "random": "uniform random map (the floor)",
-}
-
 
 def get_method(name: str) -> Method:
     if name not in METHODS:

@@ -1,7 +1,8 @@
 """Relevance rules: the paper's Relevance Splitting for residual sums, and the z+ family it relies on.
 
-All rules are zennit hooks that compute relevance with plain tensor operations on the module's own weights:
-no parameter is ever modified, so they behave the same on every zennit version and leave the model untouched.
+All rules are zennit hooks that compute relevance with plain tensor operations on the module's own weights: no
+parameter is ever modified, so they behave the same on every zennit version and leave the model untouched. By
+default they run as autograd functions around each module's forward (see :py:class:`RelevanceRule`).
 """
 from __future__ import annotations
 
@@ -185,6 +186,8 @@ class PositiveProportional(RelevanceRule):
     """
 
     flat_input = False
+    # True where f(a) >= 0 for every input (z+ maps): cheaper, sign-free arithmetic
+    nonnegative_map = False
 
     def __init__(self, epsilon: float = 1e-5, inactive: str = DROP) -> None:
         super().__init__()
@@ -206,9 +209,6 @@ class PositiveProportional(RelevanceRule):
         """``(f(input), transpose)`` for the positive map with ``options``; by autograd unless a subclass knows
         the transpose."""
         return _linearised(lambda x: self.positive_map(module, x, **options), input)
-
-    # True where f(a) >= 0 for every input (z+ maps): cheaper, sign-free arithmetic
-    nonnegative_map = False
 
     def relevance(self, module, input, relevance):
         if self.flat_input:
@@ -266,7 +266,8 @@ def _linearised(function, input):
 
 
 class _WeightedMap(PositiveProportional):
-    """Map through the module's weights clamped to their positive (or, for ``sign = -1``, negative) part."""
+    """Map through a convolution's or linear layer's weights clamped to their positive part (or, for the a- W-
+    half of z+ on signed inputs, their negative part), without bias."""
 
     nonnegative_map = True
 

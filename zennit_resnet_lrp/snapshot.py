@@ -6,6 +6,9 @@ we record which objects a model holds and put exactly those back.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 import torch
 
 # attributes that canonizers and zennit's parameter modifiers set on module instances
@@ -32,12 +35,13 @@ class ModelSnapshot:
             self.records.append((
                 module, params, buffers, dict(module._modules), data, module.training, set(module.__dict__),
                 {key: module.__dict__[key] for key in ("eps", "momentum") if key in module.__dict__},
+                {key: param.grad for key, param in params.items() if param is not None},
             ))
 
     @torch.no_grad()
     def restore(self) -> None:
         """Put every recorded object, value and flag back in place."""
-        for module, params, buffers, children, data, training, keys, plain in self.records:
+        for module, params, buffers, children, data, training, keys, plain, grads in self.records:
             names = set(params) | set(buffers) | set(children) | set(_SHADOWING)
             for key in set(module.__dict__) - keys:
                 if key in names:
@@ -51,5 +55,19 @@ class ModelSnapshot:
                 current = params.get(key, buffers.get(key))
                 if current.data.data_ptr() != tensor.data_ptr() or current.shape != tensor.shape:
                     current.data = tensor
+            for key, grad in grads.items():
+                params[key].grad = grad  # a method that calls backward() (Grad-CAM) must not leave gradients
             module.__dict__.update(plain)
             module.training = training
+
+
+@contextmanager
+def evaluating(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Run with ``model`` in eval mode, then put it back exactly as it was (:py:class:`ModelSnapshot`), also when
+    an exception is raised."""
+    snapshot = ModelSnapshot(model)
+    try:
+        model.eval()
+        yield model
+    finally:
+        snapshot.restore()
