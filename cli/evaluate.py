@@ -1,20 +1,19 @@
 """``resnet-lrp evaluate``: Insertion, Deletion and ID for several methods, resumable, under torchrun too."""
 from __future__ import annotations
 
-import csv
-import json
 import os
 import sys
 from pathlib import Path
 
 import click
 import torch
+import torch.distributed as dist
 
 from zennit_resnet_lrp.data import DATASETS, DatasetError, subsample
 from zennit_resnet_lrp.evaluate import (
     EvaluationSettings, evaluate, format_markdown, plot_curves, read_rows, summarize,
 )
-from zennit_resnet_lrp.explain import write_atomic
+from zennit_resnet_lrp.files import write_csv, write_json
 from zennit_resnet_lrp.methods import METHODS
 from zennit_resnet_lrp.metrics import BASELINES, CurveSpec
 
@@ -73,8 +72,6 @@ def evaluate_command(model, weights, num_classes, device, resize, crop, mean, st
 
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     if world > 1:
-        import torch.distributed as dist
-
         use_cuda = device != "cpu" and torch.cuda.is_available()
         if use_cuda:
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
@@ -96,39 +93,27 @@ def evaluate_command(model, weights, num_classes, device, resize, crop, mean, st
     if rank == 0:
         click.echo(f"{len(samples)} image(s) x {len(names)} method(s) x {len(models)} model(s)"
                    f"{f' over {world} processes' if world > 1 else ''} -> {output}", err=True)
-    with click.progressbar(length=shard, label="evaluating", file=sys.stderr if rank == 0 else open(os.devnull, "w")) as bar:
-        _, failures = evaluate(models, samples, settings, output, rank, world, progress=bar.update)
+    if rank == 0:
+        with click.progressbar(length=shard, label="evaluating", file=sys.stderr) as bar:
+            _, failures = evaluate(models, samples, settings, output, rank, world, progress=bar.update)
+    else:
+        _, failures = evaluate(models, samples, settings, output, rank, world)
     if world > 1:
-        import torch.distributed as dist
-
         dist.barrier()
     if rank == 0:
         rows = [row for row in read_rows(output) if row["method"] in names]
         table = summarize(rows, names)
         click.echo(format_markdown(table))
-        text = (json.dumps(table, indent=2) + "\n").encode()
-        write_atomic(output / "results.json", lambda handle: handle.write(text))
-        write_atomic(output / "results.csv", lambda handle: _write_csv(handle, table))
+        write_json(output / "results.json", table)
+        write_csv(output / "results.csv", table)
         if plot:
             try:
                 plot_curves(rows, output / "curves.png")
             except ImportError:
                 raise click.ClickException("--plot needs matplotlib: pip install 'zennit-resnet-lrp[plot]'") from None
     if world > 1:
-        import torch.distributed as dist
-
         dist.destroy_process_group()
     if failures:
         for path, reason in failures:
             click.echo(f"error: {reason}", err=True)
         sys.exit(1)
-
-
-def _write_csv(handle, table) -> None:
-    import io
-
-    text = io.StringIO()
-    writer = csv.DictWriter(text, list(table[0]))
-    writer.writeheader()
-    writer.writerows(table)
-    handle.write(text.getvalue().encode())

@@ -15,7 +15,8 @@ from zennit_resnet_lrp.attribution import STARTS, AttributionError
 from zennit_resnet_lrp.conservation import check_conservation, figure5
 from zennit_resnet_lrp.data import ImageError, find_images, open_image
 from zennit_resnet_lrp.demo import demo_images
-from zennit_resnet_lrp.explain import ExplainOptions, explain_images, write_atomic
+from zennit_resnet_lrp.explain import ExplainOptions, explain_images
+from zennit_resnet_lrp.files import write_json
 from zennit_resnet_lrp.heatmap import SIGNS
 from zennit_resnet_lrp.models import DEMO_MODELS, ModelError, UnknownNameError
 
@@ -128,8 +129,6 @@ def explain(images, model, weights, num_classes, device, resize, crop, mean, std
     from zennit.image import CMAPS
 
     method = resolve_method(method, skip_connection_prop_type)
-    if method not in COMPOSITES:
-        raise click.BadParameter(f"unknown method {method!r}; see `resnet-lrp methods`", param_hint="--method")
     if cmap not in CMAPS:
         raise click.BadParameter(f"unknown colour map {cmap!r}; choose one of {', '.join(CMAPS)}", param_hint="--cmap")
     loaded = build_model(model, weights, num_classes, device, resize, crop, mean, std)
@@ -182,8 +181,6 @@ def check(images, model, weights, num_classes, device, resize, crop, mean, std, 
           batch_size, random_count, seed, start, dtype, tolerance, json_path, plot):
     """Verify conservation block by block; exit status 1 when the error exceeds --tolerance."""
     method = resolve_method(method, skip_connection_prop_type)
-    if method not in COMPOSITES:
-        raise click.BadParameter(f"unknown method {method!r}; see `resnet-lrp methods`", param_hint="--method")
     loaded = build_model(model, weights, num_classes, device, resize, crop, mean, std)
     precision = getattr(torch, dtype)
     model_device = next(loaded.model.parameters()).device
@@ -207,8 +204,7 @@ def check(images, model, weights, num_classes, device, resize, crop, mean, std, 
         click.echo(f"{model}, method {method}, {source}, {dtype}")
         click.echo(report.format_table())
         if json_path:
-            text = (json.dumps(report.to_dict(), indent=2) + "\n").encode()
-            write_atomic(Path(json_path), lambda handle: handle.write(text))
+            write_json(Path(json_path), report.to_dict())
     if plot:
         try:
             figure5(report, plot)

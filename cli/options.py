@@ -111,9 +111,15 @@ def resolve_device(text: str) -> torch.device:
 
 
 def resolve_method(method: str | None, variant: str | None) -> str:
+    """The composite named by --method or --skip-connection-prop-type (default: ours), checked to exist."""
+    from zennit.composites import COMPOSITES
+
     if method and variant and method != variant:
         raise click.UsageError(f"--method {method} and --skip-connection-prop-type {variant} disagree; give one")
-    return variant or method or DEFAULT_METHOD
+    name = variant or method or DEFAULT_METHOD
+    if name not in COMPOSITES:
+        raise click.BadParameter(f"unknown method {name!r}; see `resnet-lrp methods`", param_hint="--method")
+    return name
 
 
 def build_model(model: str, weights, num_classes, device, resize, crop, mean, std) -> LoadedModel:

@@ -1,10 +1,6 @@
 """Explain image files: attribution in batches, heatmap and relevance files, and a summary, written as they come."""
 from __future__ import annotations
 
-import csv
-import io
-import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -16,6 +12,7 @@ from PIL import Image
 from .attribution import attribute
 from .composites import DEFAULT_METHOD
 from .data import ImageError, open_image
+from .files import write_atomic, write_csv, write_json
 from .heatmap import montage, normalize, overlay, quantize, render
 from .models import LoadedModel
 
@@ -57,18 +54,6 @@ class Explained:
     heatmap: str
     overlay: str | None = None
     relevance: str | None = None
-
-
-def write_atomic(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
-    """Write through a temporary file and rename, so a file is either complete or absent."""
-    temporary = path.with_name(f".{path.name}.partial")
-    try:
-        with open(temporary, "wb") as handle:
-            write(handle)
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
 
 
 def _unique_stems(paths: Sequence[Path]) -> list[str]:
@@ -116,13 +101,13 @@ def explain_images(
         if not tensors:
             continue
         inputs = torch.stack(tensors).to(device=device, dtype=dtype)
-        with torch.no_grad():
-            logits = loaded.model(inputs)
-        ranked = logits.argsort(1, descending=True)
-        targets = [torch.full_like(ranked[:, 0], options.target)] if options.target is not None \
-            else [ranked[:, k] for k in range(min(options.top_k, logits.shape[1]))]
-        for target in targets:
-            result = attribute(loaded.model, inputs, options.method, target, options.start, tolerance=None)
+        # the first attribution (the given label, or the top-1 class) also yields the ranking for the top-k
+        first = attribute(loaded.model, inputs, options.method, options.target, options.start, tolerance=None)
+        ranked = first.output.argsort(1, descending=True)
+        count = 1 if options.target is not None else min(options.top_k, ranked.shape[1])
+        for k in range(count):
+            result = first if k == 0 else attribute(loaded.model, inputs, options.method, ranked[:, k],
+                                                    options.start, tolerance=None)
             maps = result.heatmap
             if options.heat_quantization:
                 maps = quantize(maps, options.hq_level)
@@ -170,17 +155,8 @@ def _write(loaded, stem, path, cropped, output, options, result, shown, probabil
 
 def write_summary(output: Path, results: Sequence[Explained]) -> None:
     rows = [asdict(result) for result in results]
-    write_atomic(output / "summary.json", lambda handle: handle.write((json.dumps(rows, indent=2) + "\n").encode()))
-
-    def write_csv(handle):
-        text = io.StringIO()
-        fields = list(Explained.__dataclass_fields__)
-        writer = csv.DictWriter(text, fields)
-        writer.writeheader()
-        writer.writerows(rows)
-        handle.write(text.getvalue().encode())
-
-    write_atomic(output / "summary.csv", write_csv)
+    write_json(output / "summary.json", rows)
+    write_csv(output / "summary.csv", rows, list(Explained.__dataclass_fields__))
 
 
 def _batches(items: Sequence, size: int) -> Iterator[Sequence]:
