@@ -11,7 +11,7 @@ import torch
 from zennit_resnet_lrp.composites import DEFAULT_METHOD, PAPER_VARIANTS
 from zennit_resnet_lrp.data import Preprocessing
 from zennit_resnet_lrp.demo import DEFAULT_DEMO
-from zennit_resnet_lrp.models import LoadedModel, load_model, model_names
+from zennit_resnet_lrp.models import LoadedModel, load_model
 
 # keys a JSON run configuration may hold; "image_size" is the crop size
 CONFIG_KEYS = {"model", "weights", "num_classes", "resize", "crop", "image_size", "mean", "std", "batch_size",
@@ -124,9 +124,6 @@ def resolve_method(method: str | None, variant: str | None) -> str:
 
 def build_model(model: str, weights, num_classes, device, resize, crop, mean, std) -> LoadedModel:
     """Load the model and apply the preprocessing overrides."""
-    if model not in model_names():
-        raise click.BadParameter(f"unknown model {model!r}; choose one of: {', '.join(model_names())}",
-                                 param_hint="--model")
     loaded = load_model(model, weights, num_classes, resolve_device(device))
     base = loaded.preprocessing
     loaded.preprocessing = Preprocessing(

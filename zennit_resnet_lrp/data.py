@@ -174,9 +174,6 @@ def cub_test(root: str | os.PathLike) -> tuple[list[Sample], list[str]]:
     return samples, classes
 
 
-DATASETS = {"imagenet": imagenet_val, "cub": cub_test, "folder": image_folder}
-
-
 def subsample(samples: list[Sample], per_class: int | None = None, limit: int | None = None,
               seed: int = 0) -> list[Sample]:
     """The paper's sampling: ``per_class`` images of every class (seeded), then at most ``limit`` in all."""
@@ -202,4 +199,7 @@ def shipped_digits() -> tuple[list[Sample], list[str]]:
     return samples, [str(d) for d in range(10)]
 
 
-DATASETS["digits"] = lambda root=None: shipped_digits()
+
+# dataset name -> reader of its root folder (the shipped digits need none)
+DATASETS = {"imagenet": imagenet_val, "cub": cub_test, "folder": image_folder,
+            "digits": lambda root=None: shipped_digits()}
