@@ -3,9 +3,10 @@
     python benchmarks/attribution.py                      # resnet18 and resnet50, batches 1, 8, 32, CPU
     python benchmarks/attribution.py --device cuda --autocast bf16
 
-Time: for each (model, batch) one process runs all methods round-robin, --repeats rounds after a warm-up round,
-and takes each method's median (CUDA events on a GPU), in ms per image; interleaving keeps the ratios fair on a
-machine whose speed drifts. Memory: every (model, batch, method) runs once more in a fresh process, so its peak is
+Time: for each (model, batch) one process runs all methods round-robin, --repeats rounds after a warm-up round
+(CUDA events on a GPU). It reports each method's median in ms per image, and its ratio to the plain gradient as the
+median over rounds of (method time / gradient time in the same round): interleaving and per-round ratios keep the
+comparison fair on a machine whose speed drifts. Memory: every (model, batch, method) runs once more in a fresh process, so its peak is
 its own: on the CPU the growth of the peak resident set over the state before the first attribution, on a GPU
 torch's peak allocation.
 """
@@ -23,10 +24,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 METHODS = ["gradient", "zennit_epsilon_plus_flat", "flows_skip_conservative", "flows_skip", "flows_skip_simple",
-           "latest", "simple"]
+           "latest", "simple", "gradient@channels_last", "flows_skip_conservative@channels_last"]
+CHANNELS_LAST = "@channels_last"  # suffix: the same method on channels-last inputs
 
 
-def make_call(model_name: str, batch: int, method: str, device: str, size: int):
+def make_call(model_name: str, batch: int, spec: str, device: str, size: int):
     import torch
     import torchvision
     from zennit.attribution import Gradient
@@ -35,9 +37,12 @@ def make_call(model_name: str, batch: int, method: str, device: str, size: int):
 
     import zennit_resnet_lrp as lrp
 
+    method = spec.removesuffix(CHANNELS_LAST)
     torch.manual_seed(0)
     model = getattr(torchvision.models, model_name)().eval().to(device)
     inputs = torch.randn(batch, 3, size, size, device=device)
+    if spec.endswith(CHANNELS_LAST):
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
     targets = torch.zeros(batch, dtype=torch.long, device=device)
 
     def gradient():
@@ -49,7 +54,9 @@ def make_call(model_name: str, batch: int, method: str, device: str, size: int):
             attributor(inputs, torch.eye(1000, device=device)[targets])
 
     def ours(name):
-        return lambda: lrp.attribute(model, inputs, name, target=targets, tolerance=None)
+        # relevance 1 at the target, as the gradient and zennit get: with random weights the target's softmax is
+        # ~1e-40 on resnet50, a subnormal float32 that underflows to 0 and slows CPU arithmetic (~15% here)
+        return lambda: lrp.attribute(model, inputs, name, target=targets, start="one", tolerance=None)
 
     if method == "gradient":
         return gradient
@@ -81,6 +88,7 @@ def timed(call, device: str, autocast: str | None) -> float:
 
 
 def time_all(model_name: str, batch: int, methods: list[str], device: str, repeats: int, autocast, size) -> dict:
+    """``{method: (median ms per image, median of the per-round ratios to the gradient)}``."""
     calls = {method: make_call(model_name, batch, method, device, size) for method in methods}
     times = {method: [] for method in methods}
     for round_index in range(repeats + 1):
@@ -88,7 +96,12 @@ def time_all(model_name: str, batch: int, methods: list[str], device: str, repea
             elapsed = timed(call, device, autocast)
             if round_index:  # the first round warms up
                 times[method].append(elapsed)
-    return {method: 1000 * statistics.median(values) / batch for method, values in times.items()}
+    base = times.get("gradient")
+    return {
+        method: (1000 * statistics.median(values) / batch,
+                 statistics.median(v / b for v, b in zip(values, base)) if base else float("nan"))
+        for method, values in times.items()
+    }
 
 
 def peak_memory(model_name: str, batch: int, method: str, device: str, autocast, size) -> float:
@@ -106,6 +119,24 @@ def peak_memory(model_name: str, batch: int, method: str, device: str, autocast,
     return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base) / 2 ** 20
 
 
+def machine(args) -> str:
+    """One line naming what the numbers come from."""
+    import platform
+    from importlib.metadata import version
+
+    import torch
+
+    if args.device.startswith("cuda"):
+        where = torch.cuda.get_device_name(torch.device(args.device))
+    else:
+        where = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() \
+            else platform.processor()
+        where += f", {args.threads} threads"
+    return (f"{where}; torch {torch.__version__}, zennit {version('zennit')}; {args.size}x{args.size}, "
+            f"{args.repeats} rounds{', autocast ' + args.autocast if args.autocast else ''}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="resnet18,resnet50")
@@ -113,7 +144,7 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--autocast", choices=["bf16", "fp16"], default=None, help="GPU only")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one configuration, print JSON
@@ -141,21 +172,25 @@ def main() -> None:
 
     rows = []
     methods = args.methods.split(",")
+    if "gradient" not in methods:
+        parser.error("--methods must include gradient, the baseline of the ratios")
+    print(machine(args), flush=True)
     for model in args.models.split(","):
         for batch in map(int, args.batches.split(",")):
             times = child(f"time:{model}:{batch}:{','.join(methods)}")
             for method in methods:
-                rows.append({"model": model, "batch": batch, "method": method, "ms_per_image": times[method],
-                             "peak_mb": child(f"memory:{model}:{batch}:{method}")})
-                print(f"  {model} batch {batch} {method}: {times[method]:.0f} ms/image, {rows[-1]['peak_mb']:.0f} MB",
-                      file=sys.stderr, flush=True)
+                milliseconds, ratio = times[method]
+                rows.append({"model": model, "batch": batch, "method": method, "ms_per_image": milliseconds,
+                             "time_ratio": ratio, "peak_mb": child(f"memory:{model}:{batch}:{method}")})
+                print(f"  {model} batch {batch} {method}: {milliseconds:.0f} ms/image ({ratio:.2f}x), "
+                      f"{rows[-1]['peak_mb']:.0f} MB", file=sys.stderr, flush=True)
     print(f"| model | batch | method | ms / image | x gradient | peak MB | x gradient |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for row in rows:
         base = next(r for r in rows if r["model"] == row["model"] and r["batch"] == row["batch"]
                     and r["method"] == "gradient")
         print(f"| {row['model']} | {row['batch']} | {row['method']} | {row['ms_per_image']:.0f} | "
-              f"{row['ms_per_image'] / base['ms_per_image']:.2f} | {row['peak_mb']:.0f} | "
+              f"{row['time_ratio']:.2f} | {row['peak_mb']:.0f} | "
               f"{row['peak_mb'] / max(base['peak_mb'], 1e-9):.2f} |")
 
 

@@ -103,3 +103,19 @@ def test_fast_path_equals_zennit_hook_path(method, resnet18, inputs):
     torch.testing.assert_close(fast.relevance, hooked.relevance, rtol=1e-5, atol=1e-5 * float(hooked.relevance.abs().max()))
     for a, b in zip(fast.blocks, hooked.blocks):
         torch.testing.assert_close(a.skip, b.skip, rtol=1e-5, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["flows_skip_conservative", "flows_skip"])
+def test_channels_last_inputs_give_the_same_relevance(method):
+    """Channels-last inputs (faster convolutions on the CPU) give the relevance of contiguous ones, laid out like
+    the input, and the default still conserves."""
+    model = make_model("resnet18", dtype=torch.float32)
+    plain = make_inputs(dtype=torch.float32)
+    last = plain.contiguous(memory_format=torch.channels_last)
+    expected = lrp.attribute(model, plain, method, tolerance=None)
+    result = lrp.attribute(model, last, method, tolerance=None)
+    assert result.relevance.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(result.relevance, expected.relevance, rtol=1e-4,
+                               atol=1e-5 * float(expected.relevance.abs().max()))
+    if method == "flows_skip_conservative":
+        assert float(result.conservation_error.max()) <= 1e-5

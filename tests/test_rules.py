@@ -98,3 +98,22 @@ def test_rule_copies_are_independent():
     clone = rule.copy()
     assert (clone.epsilon, clone.inactive) == (1e-3, "flat")
     assert clone.stored_tensors is not rule.stored_tensors
+
+
+@pytest.mark.parametrize("ceil_mode", [False, True])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_maxpool_proportional_matches_average_pool_formula(ceil_mode, channels_last):
+    """``R_i = a_i sum_k [i in window k] (1/n) R_k / avgpool(a)_k`` over the max-pool's own windows (zero padding
+    counted), computed here with avg_pool2d and autograd."""
+    generator = torch.Generator().manual_seed(0)
+    pool = torch.nn.MaxPool2d(3, 2, 1, ceil_mode=ceil_mode)
+    a = torch.rand(2, 4, 10, 10, generator=generator).double()
+    if channels_last:
+        a = a.contiguous(memory_format=torch.channels_last)
+    relevance = torch.rand(2, 4, *pool(a).shape[2:], generator=generator).double()
+    point = a.clone().requires_grad_()
+    average = torch.nn.functional.avg_pool2d(point, 3, 2, 1, ceil_mode, count_include_pad=True)
+    (expected,) = torch.autograd.grad(average, point, relevance / average.detach())
+    result = _propagate(lrp.MaxPoolProportional(0.0, "flat"), pool, a, relevance)
+    torch.testing.assert_close(result, expected * a)
+    assert float(result.sum()) == pytest.approx(float(relevance.sum()), rel=1e-12)

@@ -41,24 +41,31 @@ class ModelSnapshot:
     @torch.no_grad()
     def restore(self) -> None:
         """Put every recorded object, value and flag back in place."""
+        # compare before writing: most modules are untouched, and nn.Module.__setattr__ is slow
         for module, params, buffers, children, data, training, keys, plain, grads in self.records:
-            names = set(params) | set(buffers) | set(children) | set(_SHADOWING)
-            for key in set(module.__dict__) - keys:
-                if key in names:
+            extra = module.__dict__.keys() - keys
+            if extra:
+                names = set(params) | set(buffers) | set(children) | set(_SHADOWING)
+                for key in extra & names:
                     del module.__dict__[key]
             for store, recorded in ((module._parameters, params), (module._buffers, buffers),
                                     (module._modules, children)):
-                for key in set(store) - set(recorded):
-                    del store[key]
-                store.update(recorded)
+                if len(store) != len(recorded) or any(store.get(key) is not value for key, value in recorded.items()):
+                    for key in set(store) - set(recorded):
+                        del store[key]
+                    store.update(recorded)
             for key, tensor in data.items():
                 current = params.get(key, buffers.get(key))
-                if current.data.data_ptr() != tensor.data_ptr() or current.shape != tensor.shape:
+                if current.data_ptr() != tensor.data_ptr() or current.shape != tensor.shape:
                     current.data = tensor
             for key, grad in grads.items():
-                params[key].grad = grad  # a method that calls backward() (Grad-CAM) must not leave gradients
-            module.__dict__.update(plain)
-            module.training = training
+                if params[key].grad is not grad:
+                    params[key].grad = grad  # a method that calls backward() (Grad-CAM) must not leave gradients
+            for key, value in plain.items():
+                if module.__dict__.get(key) is not value:
+                    module.__dict__[key] = value
+            if module.training != training:
+                module.training = training
 
 
 @contextmanager
