@@ -172,7 +172,8 @@ def attribute(
         A classifier returning logits (N, K). It is left exactly as it was: same parameter objects, same values,
         same training flags, no hooks, no gradients, also when an exception is raised.
     inputs : torch.Tensor
-        Batch (N, C, H, W) on the model's device and with its dtype.
+        Batch (N, C, H, W) on the model's device and with its dtype. Channels-last batches work too (faster on
+        the CPU for larger batches; see the README's Performance section); the relevance comes back in their layout.
     method : str or Composite
         A name registered in ``zennit.composites.COMPOSITES`` (ours: ``flows_skip_conservative`` (the default),
         ``flows_skip``, ``flows_skip_simple``, ``latest``, ``simple``, ``*_split``; or zennit's) or an instance.
