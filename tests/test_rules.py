@@ -93,11 +93,26 @@ def test_average_pool_proportional():
     torch.testing.assert_close(result, torch.tensor([[[[2.0, 6.0]]]]).double())
 
 
-def test_rule_copies_are_independent():
+def test_rule_copies_are_independent_on_the_hook_path_and_shared_on_the_fast_path():
+    """zennit's hooks store the module's input on the rule, so each module needs its own copy; the fast path keeps
+    that state in the autograd context, so one stateless instance serves every module."""
     rule = lrp.ZPlus(1e-3, "flat")
+    rule.fast = False
     clone = rule.copy()
     assert (clone.epsilon, clone.inactive) == (1e-3, "flat")
-    assert clone.stored_tensors is not rule.stored_tensors
+    assert clone is not rule and clone.stored_tensors is not rule.stored_tensors
+    rule.fast = True
+    assert rule.copy() is rule
+    conv_a, conv_b = torch.nn.Conv2d(2, 2, 3), torch.nn.Conv2d(2, 2, 3)
+    handles = [rule.copy().register(conv_a), rule.copy().register(conv_b)]
+    x = torch.rand(1, 2, 5, 5, requires_grad=True)
+    relevance_a = torch.autograd.grad(conv_a(x), x, torch.ones(1, 2, 3, 3))[0]
+    relevance_b = torch.autograd.grad(conv_b(x), x, torch.ones(1, 2, 3, 3))[0]
+    for handle in handles:
+        handle.remove()
+    torch.testing.assert_close(relevance_a, _propagate(rule, conv_a, x.detach(), torch.ones(1, 2, 3, 3)))
+    torch.testing.assert_close(relevance_b, _propagate(rule, conv_b, x.detach(), torch.ones(1, 2, 3, 3)))
+    assert "forward" not in conv_a.__dict__ and "forward" not in conv_b.__dict__
 
 
 @pytest.mark.parametrize("ceil_mode", [False, True])

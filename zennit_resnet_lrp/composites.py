@@ -20,7 +20,7 @@ from .rules import (
     DROP, FLAT, FlatInputZPlus, MaxPoolAverageStandIn, MaxPoolProportional, MaxPoolWinnerTakesAll, Pass,
     PoolProportional, RelevanceRule, RelevanceSplit, ZPlus,
 )
-from .snapshot import ModelSnapshot
+from .snapshot import ModelSnapshot, protected
 
 LayerMap = Sequence[tuple[tuple[type, ...] | type, Hook]]
 
@@ -61,12 +61,14 @@ class ResidualComposite:
 
     def register(self, module: torch.nn.Module) -> None:
         self.remove()
-        snapshot = ModelSnapshot(module)
+        # inside evaluating() (attribute() and the evaluation methods) that context's snapshot restores the model
+        snapshot = None if protected(module) else ModelSnapshot(module)
         try:
             super().register(module)  # zennit's register first calls remove(): keep the snapshot out of its reach
         except BaseException:
             super().remove()
-            snapshot.restore()
+            if snapshot is not None:
+                snapshot.restore()
             raise
         self._snapshot = snapshot
 

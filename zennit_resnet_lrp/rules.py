@@ -29,7 +29,9 @@ class RelevanceRule(Hook):
     - ``fast = False``: zennit's hook mechanism (an identity before the module whose gradient the rule replaces),
       kept as the reference path.
 
-    One instance serves as a template; zennit registers copies.
+    One instance serves as a template; zennit registers copies. The fast path keeps no per-module state on the
+    rule (the autograd context holds it), so there a "copy" is the template itself: registering allocates next to
+    nothing, which keeps Python's garbage collector out of the way.
     """
 
     fast = True
@@ -58,6 +60,8 @@ class RelevanceRule(Hook):
         return _ForwardOverride(module, self)
 
     def copy(self) -> "RelevanceRule":
+        if self.fast:
+            return self
         clone = copy.copy(self)
         Hook.__init__(clone)
         return clone
@@ -80,32 +84,39 @@ class _Propagate(torch.autograd.Function):
 
 
 class _ForwardOverride:
-    """Routes a module's forward through :py:class:`_Propagate` while registered; ``remove()`` undoes it."""
+    """Routes a module's forward through :py:class:`_Propagate` while registered; ``remove()`` undoes it.
+
+    The instance itself is the module's forward (one small object per module, no closure)."""
+
+    __slots__ = ("module", "rule", "previous")
 
     def __init__(self, module: torch.nn.Module, rule: RelevanceRule) -> None:
-        self.module = module
+        self.module, self.rule = module, rule
         self.previous = module.__dict__.get("forward")
-        plain = self.previous or type(module).forward.__get__(module)
+        module.__dict__["forward"] = self  # what nn.Module.__setattr__ would do for a plain attribute
+        module.__dict__.update(rule.module_attributes)
 
-        def forward(*inputs, **kwargs):
-            if kwargs or not rule.active or not torch.is_grad_enabled() \
-                    or not any(getattr(x, "requires_grad", False) for x in inputs):
-                return plain(*inputs, **kwargs)
-            return _Propagate.apply(rule, module, plain, *inputs)
+    def plain(self, *inputs, **kwargs):
+        if self.previous is not None:
+            return self.previous(*inputs, **kwargs)
+        return type(self.module).forward(self.module, *inputs, **kwargs)
 
-        module.forward = forward
-        self.attributes = dict(rule.module_attributes)
-        module.__dict__.update(self.attributes)
+    def __call__(self, *inputs, **kwargs):
+        if kwargs or not self.rule.active or not torch.is_grad_enabled() \
+                or not any(getattr(x, "requires_grad", False) for x in inputs):
+            return self.plain(*inputs, **kwargs)
+        return _Propagate.apply(self.rule, self.module, self.plain, *inputs)
 
     def remove(self) -> None:
-        if self.module is None:
+        module = self.module
+        if module is None:
             return
         if self.previous is None:
-            self.module.__dict__.pop("forward", None)
+            module.__dict__.pop("forward", None)
         else:
-            self.module.forward = self.previous
-        for key in self.attributes:
-            self.module.__dict__.pop(key, None)
+            module.__dict__["forward"] = self.previous
+        for key in self.rule.module_attributes:
+            module.__dict__.pop(key, None)
         self.module = None
 
 

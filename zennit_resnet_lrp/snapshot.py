@@ -21,33 +21,38 @@ class ModelSnapshot:
     Parameters
     ----------
     model : torch.nn.Module
-        The model to record. Nothing is copied: the record holds references, so taking it is cheap.
+        The model to record. Nothing is copied: the record holds references, so taking it is cheap. Modules
+        without parameters, buffers or children share one empty record of those (few objects for the garbage
+        collector to track).
     """
 
     def __init__(self, model: torch.nn.Module) -> None:
         self.records = []
         for module in model.modules():
-            params = dict(module._parameters)
-            buffers = dict(module._buffers)
-            data = {
-                key: tensor.data for key, tensor in list(params.items()) + list(buffers.items()) if tensor is not None
-            }
+            params = dict(module._parameters) if module._parameters else _EMPTY
+            buffers = dict(module._buffers) if module._buffers else _EMPTY
+            children = dict(module._modules) if module._modules else _EMPTY
+            tensors = [*params.items(), *buffers.items()]
+            data = {key: tensor.data for key, tensor in tensors if tensor is not None} if tensors else _EMPTY
+            # instance attributes that shadow a parameter, buffer, child or the class forward: usually none
+            shadowing = {key for key in (*params, *buffers, *children, *_SHADOWING) if key in module.__dict__}
+            plain = {key: module.__dict__[key] for key in ("eps", "momentum") if key in module.__dict__}
+            grads = {key: param.grad for key, param in params.items() if param is not None and param.grad is not None}
             self.records.append((
-                module, params, buffers, dict(module._modules), data, module.training, set(module.__dict__),
-                {key: module.__dict__[key] for key in ("eps", "momentum") if key in module.__dict__},
-                {key: param.grad for key, param in params.items() if param is not None},
+                module, params, buffers, children, data, module.training, shadowing or _EMPTY, plain or _EMPTY,
+                grads or _EMPTY,
             ))
 
     @torch.no_grad()
     def restore(self) -> None:
         """Put every recorded object, value and flag back in place."""
         # compare before writing: most modules are untouched, and nn.Module.__setattr__ is slow
-        for module, params, buffers, children, data, training, keys, plain, grads in self.records:
-            extra = module.__dict__.keys() - keys
-            if extra:
-                names = set(params) | set(buffers) | set(children) | set(_SHADOWING)
-                for key in extra & names:
-                    del module.__dict__[key]
+        for module, params, buffers, children, data, training, shadowing, plain, grads in self.records:
+            attributes = module.__dict__
+            for key in (*params, *buffers, *children, *module._parameters, *module._buffers, *module._modules,
+                        *_SHADOWING):
+                if key in attributes and key not in shadowing:
+                    del attributes[key]
             for store, recorded in ((module._parameters, params), (module._buffers, buffers),
                                     (module._modules, children)):
                 if len(store) != len(recorded) or any(store.get(key) is not value for key, value in recorded.items()):
@@ -58,23 +63,37 @@ class ModelSnapshot:
                 current = params.get(key, buffers.get(key))
                 if current.data_ptr() != tensor.data_ptr() or current.shape != tensor.shape:
                     current.data = tensor
-            for key, grad in grads.items():
-                if params[key].grad is not grad:
-                    params[key].grad = grad  # a method that calls backward() (Grad-CAM) must not leave gradients
+            for key, param in params.items():
+                # a method that calls backward() (Grad-CAM) must not leave gradients, nor drop a caller's
+                if param is not None and param.grad is not grads.get(key):
+                    param.grad = grads.get(key)
             for key, value in plain.items():
-                if module.__dict__.get(key) is not value:
-                    module.__dict__[key] = value
+                if attributes.get(key) is not value:
+                    attributes[key] = value
             if module.training != training:
                 module.training = training
+
+
+_EMPTY: dict = {}  # shared, never written
 
 
 @contextmanager
 def evaluating(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
     """Run with ``model`` in eval mode, then put it back exactly as it was (:py:class:`ModelSnapshot`), also when
-    an exception is raised."""
+    an exception is raised. Composites registered inside rely on this snapshot instead of taking their own."""
     snapshot = ModelSnapshot(model)
+    _PROTECTED.add(id(model))
     try:
         model.eval()
         yield model
     finally:
+        _PROTECTED.discard(id(model))
         snapshot.restore()
+
+
+def protected(model: torch.nn.Module) -> bool:
+    """Whether ``model`` is inside :py:func:`evaluating`, whose snapshot will restore it."""
+    return id(model) in _PROTECTED
+
+
+_PROTECTED: set[int] = set()
