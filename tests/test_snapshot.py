@@ -88,6 +88,24 @@ def test_composite_used_directly_restores(model):
         _assert_unchanged(model, before, x.detach(), output)
 
 
+def test_composite_removed_after_the_evaluating_context_still_leaves_the_model_intact(model):
+    """Inside ``evaluating`` our composites skip their own snapshot; removed only after the context restored the
+    model, their remove() must neither fail nor leave anything behind."""
+    from zennit_resnet_lrp.snapshot import evaluating
+
+    x = make_inputs(1, 32)
+    model.eval()
+    with torch.no_grad():
+        output = model(x)
+    before = _state(model)
+    for composite in (lrp.FlowsSkipConservative(), lrp.EpsilonPlusFlatSplit()):
+        with evaluating(model):
+            composite.register(model)
+            assert any("forward" in module.__dict__ for module in model.modules())
+        composite.remove()
+        _assert_unchanged(model, before, x, output)
+
+
 def test_merge_batchnorm_keeps_outputs_and_restores(model):
     model.eval()
     x = make_inputs(2, 32)

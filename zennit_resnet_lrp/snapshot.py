@@ -80,7 +80,8 @@ _EMPTY: dict = {}  # shared, never written
 @contextmanager
 def evaluating(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
     """Run with ``model`` in eval mode, then put it back exactly as it was (:py:class:`ModelSnapshot`), also when
-    an exception is raised. Composites registered inside rely on this snapshot instead of taking their own."""
+    an exception is raised. Composites of ours registered inside rely on this snapshot instead of taking their
+    own, so remove them before the context ends."""
     snapshot = ModelSnapshot(model)
     _PROTECTED.add(id(model))
     try:
