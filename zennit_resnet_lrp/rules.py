@@ -265,10 +265,27 @@ class PositiveProportional(RelevanceRule):
         return result
 
 
-def _channels_last(tensor: torch.Tensor | None) -> bool:
-    """Whether ``tensor`` is a 4-D tensor laid out channels-last (and not also plainly contiguous)."""
-    return (tensor is not None and tensor.ndim == 4 and not tensor.is_contiguous()
-            and tensor.is_contiguous(memory_format=torch.channels_last))
+def _layout(tensor: torch.Tensor | None) -> torch.memory_format:
+    """``torch.channels_last`` for a 4-D tensor laid out channels-last (and not also plainly contiguous), else
+    ``torch.contiguous_format``: the layout to give weights that meet ``tensor`` in a convolution (the convolution
+    would otherwise convert them on every call)."""
+    if (tensor is not None and tensor.ndim == 4 and not tensor.is_contiguous()
+            and tensor.is_contiguous(memory_format=torch.channels_last)):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _convolution_transpose(input, weight, stride, padding, dilation, groups):
+    """The transpose of the convolution of ``input`` with ``weight``: its input gradient alone (no weight gradient,
+    no autograd graph)."""
+
+    def transpose(vector):
+        return torch.ops.aten.convolution_backward(
+            vector, input, weight, None, stride, padding, dilation, False, [0] * len(stride), groups,
+            [True, False, False],
+        )[0]
+
+    return transpose
 
 
 def _linearised(function, input):
@@ -296,7 +313,7 @@ class _WeightedMap(PositiveProportional):
         With ``like`` a channels-last input, the weight is made channels-last too: the convolution would otherwise
         convert it on every call."""
         weight = module.weight.detach()
-        layout = torch.channels_last if _channels_last(like) and weight.ndim == 4 else torch.contiguous_format
+        layout = _layout(like) if weight.ndim == 4 else torch.contiguous_format
         result = torch.empty_like(weight, memory_format=layout)
         if uniform:
             return result.fill_(1)
@@ -316,15 +333,8 @@ class _WeightedMap(PositiveProportional):
             if module.padding_mode != "zeros" or isinstance(module.padding, str):
                 return super().linearise(module, input, uniform=uniform, negative=negative)
             output = module._conv_forward(input, weight, None)
-
-        def transpose(vector):
-            # the input gradient of the convolution alone (no weight gradient, no autograd graph)
-            return torch.ops.aten.convolution_backward(
-                vector, input, weight, None, module.stride, module.padding, module.dilation, False,
-                [0] * len(module.stride), module.groups, [True, False, False],
-            )[0]
-
-        return output, transpose
+        return output, _convolution_transpose(input, weight, module.stride, module.padding, module.dilation,
+                                              module.groups)
 
     def parts(self, module, input):
         if self.flat_input or not bool(input.amin() < 0):
@@ -386,17 +396,10 @@ class MaxPoolProportional(PositiveProportional):
         # several times faster than avg_pool2d and its autograd backward on contiguous (NCHW) tensors
         kernel, stride, padding = (_pair(getattr(module, key)) for key in ("kernel_size", "stride", "padding"))
         channels = input.shape[1]
-        layout = torch.channels_last if _channels_last(input) else torch.contiguous_format
         weight = torch.full((channels, 1, *kernel), 1 / (kernel[0] * kernel[1]), dtype=input.dtype,
-                            device=input.device).contiguous(memory_format=layout)
+                            device=input.device).contiguous(memory_format=_layout(input))
         output = F.conv2d(input, weight, None, stride, padding, 1, channels)
-
-        def transpose(vector):
-            return torch.ops.aten.convolution_backward(
-                vector, input, weight, None, stride, padding, (1, 1), False, (0, 0), channels, [True, False, False],
-            )[0]
-
-        return output, transpose
+        return output, _convolution_transpose(input, weight, stride, padding, (1, 1), channels)
 
 
 class MaxPoolWinnerTakesAll(RelevanceRule):
