@@ -56,7 +56,7 @@ def make_call(model_name: str, batch: int, spec: str, device: str, size: int):
     def ours(name):
         # relevance 1 at the target, as the gradient and zennit get: with random weights the target's softmax is
         # ~1e-40 on resnet50, a subnormal float32 that underflows to 0 and slows CPU arithmetic (~15% here)
-        return lambda: lrp.attribute(model, inputs, name, target=targets, start="one", tolerance=None)
+        return lambda: lrp.attribute(model, inputs, name, target=targets, start_with="one", tolerance=None)
 
     if method == "gradient":
         return gradient
@@ -184,7 +184,7 @@ def main() -> None:
                              "time_ratio": ratio, "peak_mb": child(f"memory:{model}:{batch}:{method}")})
                 print(f"  {model} batch {batch} {method}: {milliseconds:.0f} ms/image ({ratio:.2f}x), "
                       f"{rows[-1]['peak_mb']:.0f} MB", file=sys.stderr, flush=True)
-    print(f"| model | batch | method | ms / image | x gradient | peak MB | x gradient |")
+    print("| model | batch | method | ms / image | x gradient | peak MB | x gradient |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for row in rows:
         base = next(r for r in rows if r["model"] == row["model"] and r["batch"] == row["batch"]

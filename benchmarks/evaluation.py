@@ -19,11 +19,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from zennit_resnet_lrp.data import Preprocessing, Sample, image_folder  # noqa: E402
-from zennit_resnet_lrp.demo import export_held_out  # noqa: E402
-from zennit_resnet_lrp.evaluate import EvaluationSettings, evaluate  # noqa: E402
-from zennit_resnet_lrp.metrics import CurveSpec  # noqa: E402
-from zennit_resnet_lrp.models import LoadedModel, load_model  # noqa: E402
+from zennit_resnet_lrp.application.images import Preprocessing  # noqa: E402
+from zennit_resnet_lrp.evaluation.datasets import Sample, image_folder  # noqa: E402
+from zennit_resnet_lrp.application.demo import export_held_out  # noqa: E402
+from zennit_resnet_lrp.evaluation.run import EvaluationSettings, evaluate  # noqa: E402
+from zennit_resnet_lrp.evaluation.metrics import CurveSpec  # noqa: E402
+from zennit_resnet_lrp.application.models import LoadedModel, load_model  # noqa: E402
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""``resnet-lrp``: explain, check, methods (and evaluate)."""
+"""``resnet-lrp``: explain, check, methods and evaluate."""
 from __future__ import annotations
 
 import json
@@ -8,19 +8,18 @@ from pathlib import Path
 
 import click
 import torch
-from zennit.composites import COMPOSITES
 
 import zennit_resnet_lrp as lrp
-from zennit_resnet_lrp.attribution import STARTS, AttributionError
-from zennit_resnet_lrp.conservation import check_conservation, figure5
-from zennit_resnet_lrp.data import ImageError, find_images, open_image
-from zennit_resnet_lrp.demo import demo_images
-from zennit_resnet_lrp.explain import ExplainOptions, explain_images
-from zennit_resnet_lrp.files import write_json
-from zennit_resnet_lrp.heatmap import SIGNS
-from zennit_resnet_lrp.models import DEMO_MODELS, ModelError, UnknownNameError
+from zennit_resnet_lrp.application.demo import DEMO_MODELS, demo_images
+from zennit_resnet_lrp.application.explain import ExplainOptions, explain_images
+from zennit_resnet_lrp.application.files import OutputError, check_output_file, check_output_folder, write_json
+from zennit_resnet_lrp.application.heatmap import SIGNS
+from zennit_resnet_lrp.application.images import ImageError, find_images, open_image
+from zennit_resnet_lrp.application.models import ModelError, UnknownNameError
+from zennit_resnet_lrp.evaluation.methods import METHODS, MethodError, get_method
 
-from .options import build_model, model_options, resolve_method
+from .evaluate import evaluate_command
+from .options import RunOptions, run_options
 
 
 class ResnetLrpGroup(click.Group):
@@ -48,9 +47,9 @@ class ResnetLrpGroup(click.Group):
             return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.Abort, BrokenPipeError):
             raise
-        except (UnknownNameError, AttributionError) as error:
+        except (UnknownNameError, lrp.AttributionError, MethodError) as error:
             raise click.UsageError(_one_line(error), ctx) from None
-        except (ModelError, ImageError) as error:
+        except (ModelError, ImageError, OutputError) as error:
             raise click.ClickException(_one_line(error)) from None
         except KeyboardInterrupt:
             raise click.ClickException("interrupted; the files written so far are complete") from None
@@ -73,14 +72,15 @@ def cli():
 
 @cli.command()
 def methods():
-    """List every available composite (ours and zennit's), one line each."""
-    ours = lrp.OUR_COMPOSITES
-    for name in [lrp.DEFAULT_METHOD, *[n for n in ours if n != lrp.DEFAULT_METHOD],
-                 *sorted(set(COMPOSITES) - set(ours))]:
-        paragraph = " ".join((COMPOSITES[name].__doc__ or "").strip().split("\n\n")[0].split())
-        doc = paragraph.split(". ")[0].rstrip(".").replace("``", "")
-        origin = "default" if name == lrp.DEFAULT_METHOD else "ours" if name in ours else "zennit"
-        click.echo(f"{name:<28} {origin:<8} {doc}")
+    """List every method: the composites (ours and zennit's; for explain, check and evaluate) and the baselines
+    (evaluate only), one line each."""
+    for method in METHODS.values():
+        used_by = "all commands" if method.is_composite else "evaluate"
+        click.echo(f"{method.name:<28} {method.kind:<9} {used_by:<13} {method.description}")
+
+
+def _composite(run: RunOptions) -> str:
+    return get_method(run.method or lrp.DEFAULT_METHOD, composites_only=True).name
 
 
 def _images(model: str, images: tuple[str, ...]) -> list[Path]:
@@ -91,28 +91,17 @@ def _images(model: str, images: tuple[str, ...]) -> list[Path]:
             raise click.BadParameter(str(error), param_hint="IMAGES") from None
     if model in DEMO_MODELS:
         return demo_images()
-    raise click.UsageError(f"give images to explain (files, folders or globs); only the demo models have defaults")
-
-
-def _writable(output: Path) -> Path:
-    try:
-        output.mkdir(parents=True, exist_ok=True)
-        probe = output / ".resnet-lrp-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as error:
-        raise click.ClickException(f"cannot write to {output}: {error.strerror}; choose another --output") from None
-    return output
+    raise click.UsageError("give images to explain (files, folders or globs); only the demo models have defaults")
 
 
 @cli.command()
 @click.argument("images", nargs=-1)
-@model_options
+@run_options
 @click.option("--label", "--target", "target", type=click.IntRange(min=0), default=None,
               help="Class to explain for every image (default: the top-k predicted classes).")
 @click.option("--top-k", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--start", type=click.Choice(STARTS), default="softmax", show_default=True,
-              help="Relevance put in at the target: probability (paper), logit or 1.")
+@click.option("--start-with", type=click.Choice(lrp.START_WITH), default="softmax", show_default=True,
+              help="Relevance put in at the target: its probability (paper), its logit or 1.")
 @click.option("--heat-quantization", is_flag=True, help="Quantize each map into --hq-level levels (paper 4).")
 @click.option("--hq-level", type=click.IntRange(min=2), default=8, show_default=True)
 @click.option("--normalize", is_flag=True, help="Display normalisation with 2% outliers (paper 5).")
@@ -122,26 +111,22 @@ def _writable(output: Path) -> Path:
 @click.option("--save-relevance", is_flag=True, help="Also write the raw relevance (C, H, W) as .npy.")
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), default=Path("resnet-lrp-out"),
               show_default=True)
-def explain(images, model, weights, num_classes, device, resize, crop, mean, std, method, skip_connection_prop_type,
-            batch_size, target, top_k, start, heat_quantization, hq_level, normalize, sign, cmap, overlay,
+def explain(images, run, target, top_k, start_with, heat_quantization, hq_level, normalize, sign, cmap, overlay,
             save_relevance, output):
     """Write heatmaps for IMAGES (files, folders, globs); with no model and no images, the shipped digits."""
     from zennit.image import CMAPS
 
-    method = resolve_method(method, skip_connection_prop_type)
+    method = _composite(run)
     if cmap not in CMAPS:
         raise click.BadParameter(f"unknown colour map {cmap!r}; choose one of {', '.join(CMAPS)}", param_hint="--cmap")
-    loaded = build_model(model, weights, num_classes, device, resize, crop, mean, std)
-    paths = _images(model, images)
-    classes = _num_classes(loaded.model)
-    if target is not None and classes is not None and target >= classes:
-        raise click.BadParameter(f"{target} is out of range for {model} with {classes} classes (0..{classes - 1})",
-                                 param_hint="--label")
-    output = _writable(output)
-    options = ExplainOptions(method, target, top_k, start, batch_size, cmap, overlay, save_relevance,
-                             heat_quantization, hq_level, normalize, sign)
+    check_output_folder(output)
+    loaded = run.load()
+    paths = _images(run.model, images)
+    options = ExplainOptions(method=method, target=target, top_k=top_k, start_with=start_with,
+                             batch_size=run.batch_size, cmap=cmap, overlay=overlay, save_relevance=save_relevance,
+                             heat_quantization=heat_quantization, hq_level=hq_level, normalize=normalize, sign=sign)
     device_name = next(loaded.model.parameters()).device
-    click.echo(f"{model} ({loaded.weights or 'random weights'}) on {device_name}, method {method}: "
+    click.echo(f"{run.model} ({loaded.weights or 'random weights'}) on {device_name}, method {method}: "
                f"{len(paths)} image(s) -> {output}", err=True)
 
     def report(item):
@@ -150,44 +135,42 @@ def explain(images, model, weights, num_classes, device, resize, crop, mean, std
                    f"conservation error {item.conservation_error:.2e}")
 
     results, failures = explain_images(loaded, paths, output, options, report)
-    click.echo(f"wrote {len(results)} heatmap(s) and summary.json/summary.csv to {output}", err=True)
+    if results:
+        click.echo(f"wrote {len(results)} heatmap(s) and summary.json/summary.csv to {output}", err=True)
+    for path, reason in failures:
+        click.echo(f"error: {reason}", err=True)
     if failures:
-        for path, reason in failures:
-            click.echo(f"error: {reason}", err=True)
         click.echo(f"error: {len(failures)} of {len(paths)} image(s) failed", err=True)
         sys.exit(1)
 
 
-def _num_classes(model: torch.nn.Module) -> int | None:
-    fc = getattr(model, "fc", None)
-    return fc.out_features if isinstance(fc, torch.nn.Linear) else None
-
-
 @cli.command()
 @click.argument("images", nargs=-1)
-@model_options
+@run_options
 @click.option("--random", "random_count", type=click.IntRange(min=1), default=4, show_default=True,
               help="Without images: this many seeded random inputs.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--start", type=click.Choice(STARTS), default="softmax", show_default=True)
+@click.option("--start-with", type=click.Choice(lrp.START_WITH), default="softmax", show_default=True)
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
-@click.option("--tolerance", type=click.FloatRange(min=0), default=1e-4, show_default=True,
+@click.option("--tolerance", type=click.FloatRange(min=0), default=lrp.DEFAULT_TOLERANCE, show_default=True,
               help="Largest acceptable |sum of input relevance - start| / start.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Write the report as JSON to this file ('-' for stdout, instead of the table).")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
               help="Draw the paper's Fig. 5 to this image file (needs matplotlib).")
-def check(images, model, weights, num_classes, device, resize, crop, mean, std, method, skip_connection_prop_type,
-          batch_size, random_count, seed, start, dtype, tolerance, json_path, plot):
+def check(images, run, random_count, seed, start_with, dtype, tolerance, json_path, plot):
     """Verify conservation block by block; exit status 1 when the error exceeds --tolerance."""
-    method = resolve_method(method, skip_connection_prop_type)
-    loaded = build_model(model, weights, num_classes, device, resize, crop, mean, std)
+    method = _composite(run)
+    for path in (json_path, plot):
+        if path and path != "-":
+            check_output_file(path)
+    loaded = run.load()
     precision = getattr(torch, dtype)
     model_device = next(loaded.model.parameters()).device
     loaded.model.to(precision)
     prep = loaded.preprocessing
     if images:
-        paths = _images(model, images)
+        paths = _images(run.model, images)
         inputs = torch.stack([prep(open_image(path)) for path in paths])
         source = f"{len(paths)} image(s)"
     else:
@@ -196,26 +179,25 @@ def check(images, model, weights, num_classes, device, resize, crop, mean, std, 
         inputs = torch.randn(random_count, prep.channels, size, size, generator=generator)
         source = f"{random_count} random input(s), seed {seed}"
     inputs = inputs.to(device=model_device, dtype=precision)
-    report = check_conservation(loaded.model, inputs, method, start=start, tolerance=tolerance,
-                                batch_size=batch_size)
+    report = lrp.check_conservation(loaded.model, inputs, method, start_with=start_with, tolerance=tolerance,
+                                    batch_size=run.batch_size)
     if json_path == "-":
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
-        click.echo(f"{model}, method {method}, {source}, {dtype}")
+        click.echo(f"{run.model}, method {method}, {source}, {dtype}")
         click.echo(report.format_table())
         if json_path:
             write_json(Path(json_path), report.to_dict())
     if plot:
         try:
-            figure5(report, plot)
+            from zennit_resnet_lrp.application.plots import conservation_plot
+
+            conservation_plot(report, plot)
         except ImportError:
             raise click.ClickException("--plot needs matplotlib: pip install 'zennit-resnet-lrp[plot]'") from None
     if not report.passed:
         sys.exit(1)
 
-
-
-from .evaluate import evaluate_command  # noqa: E402
 
 cli.add_command(evaluate_command, name="evaluate")
 

@@ -1,17 +1,19 @@
-"""Options shared by the commands: run configurations, models, devices, preprocessing."""
+"""Options shared by the commands (run configuration, model, weights, device, preprocessing, method), parsed once
+into one :py:class:`RunOptions`."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
 import torch
 
+from zennit_resnet_lrp.application.demo import DEFAULT_DEMO
+from zennit_resnet_lrp.application.models import LoadedModel, load_model
 from zennit_resnet_lrp.composites import DEFAULT_METHOD, PAPER_VARIANTS
-from zennit_resnet_lrp.data import Preprocessing
-from zennit_resnet_lrp.demo import DEFAULT_DEMO
-from zennit_resnet_lrp.models import LoadedModel, load_model
 
 # keys a JSON run configuration may hold; "image_size" is the crop size
 CONFIG_KEYS = {"model", "weights", "num_classes", "resize", "crop", "image_size", "mean", "std", "batch_size",
@@ -62,10 +64,49 @@ class FloatList(click.ParamType):
             self.fail(f"{value!r} is not a comma-separated list of numbers", param, ctx)
 
 
-def model_options(command=None, *, several_weights: bool = False):
-    """--config, --model, --weights, --num-classes, --device, preprocessing and --method options."""
+_OWN = object()
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """The options every command shares, as given (None: the model's own default)."""
+
+    model: str
+    weights: tuple | str | None
+    num_classes: int | None
+    device: str
+    resize: int | None
+    crop: int | None
+    mean: tuple | None
+    std: tuple | None
+    method: str | None
+    batch_size: int
+
+    def load(self, weights=_OWN) -> LoadedModel:
+        """The model with ``weights`` (this run's when not given; None: the model's default), on the device, with
+        the preprocessing overrides applied."""
+        loaded = load_model(self.model, self.weights if weights is _OWN else weights, self.num_classes,
+                            resolve_device(self.device))
+        base = loaded.preprocessing
+        overrides = {key: value for key, value in (("resize", self.resize), ("crop", self.crop),
+                                                   ("mean", self.mean), ("std", self.std)) if value is not None}
+        loaded.preprocessing = dataclasses.replace(base, **overrides)
+        for name, values in (("--mean", loaded.preprocessing.mean), ("--std", loaded.preprocessing.std)):
+            if len(values) != base.channels:
+                raise click.BadParameter(f"{self.model} takes {base.channels} channel(s), got {len(values)} values",
+                                         param_hint=name)
+        return loaded
+
+
+_SHARED = ("model", "weights", "num_classes", "device", "resize", "crop", "mean", "std", "method",
+           "skip_connection_prop_type", "batch_size")
+
+
+def run_options(command=None, *, several_weights: bool = False):
+    """Add --config, --model, --weights, --num-classes, --device, preprocessing, --method and --batch-size to a
+    command, which receives them as one ``run: RunOptions`` argument."""
     if command is None:
-        return functools.partial(model_options, several_weights=several_weights)
+        return functools.partial(run_options, several_weights=several_weights)
     weights_help = "torchvision weights name (IMAGENET1K_V1, DEFAULT) or a checkpoint file (a state_dict)."
     if several_weights:
         weights_help += " Repeat it to evaluate several models (e.g. the paper's five CUB checkpoints)."
@@ -83,12 +124,24 @@ def model_options(command=None, *, several_weights: bool = False):
         click.option("--mean", type=FloatList(), default=None, help="Per-channel mean, e.g. 0.485,0.456,0.406."),
         click.option("--std", type=FloatList(), default=None, help="Per-channel std, e.g. 0.229,0.224,0.225."),
         click.option("--method", default=None,
-                     help=f"Any registered composite (see `resnet-lrp methods`); default {DEFAULT_METHOD}."),
+                     help=f"Any composite `resnet-lrp methods` lists; default {DEFAULT_METHOD}."),
         click.option("--skip-connection-prop-type", type=click.Choice(list(PAPER_VARIANTS)), default=None,
                      help="The paper's variant, as the reference spells it (same as --method NAME)."),
         click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True),
     ]
-    return functools.reduce(lambda cmd, decorate: decorate(cmd), reversed(decorators), command)
+    decorated = functools.reduce(lambda cmd, decorate: decorate(cmd), reversed(decorators), _collect(command))
+    return decorated
+
+
+def _collect(command):
+    @functools.wraps(command)
+    def wrapper(**kwargs):
+        given = {key: kwargs.pop(key) for key in _SHARED}
+        method, variant = given.pop("method"), given.pop("skip_connection_prop_type")
+        if method and variant and method != variant:
+            raise click.UsageError(f"--method {method} and --skip-connection-prop-type {variant} disagree; give one")
+        return command(run=RunOptions(method=variant or method, **given), **kwargs)
+    return wrapper
 
 
 def resolve_device(text: str) -> torch.device:
@@ -108,33 +161,3 @@ def resolve_device(text: str) -> torch.device:
     elif device.type != "cpu":
         raise click.BadParameter(f"{text}: use auto, cpu, cuda or cuda:N", param_hint="--device")
     return device
-
-
-def resolve_method(method: str | None, variant: str | None) -> str:
-    """The composite named by --method or --skip-connection-prop-type (default: ours), checked to exist."""
-    from zennit.composites import COMPOSITES
-
-    if method and variant and method != variant:
-        raise click.UsageError(f"--method {method} and --skip-connection-prop-type {variant} disagree; give one")
-    name = variant or method or DEFAULT_METHOD
-    if name not in COMPOSITES:
-        raise click.BadParameter(f"unknown method {name!r}; see `resnet-lrp methods`", param_hint="--method")
-    return name
-
-
-def build_model(model: str, weights, num_classes, device, resize, crop, mean, std) -> LoadedModel:
-    """Load the model and apply the preprocessing overrides."""
-    loaded = load_model(model, weights, num_classes, resolve_device(device))
-    base = loaded.preprocessing
-    loaded.preprocessing = Preprocessing(
-        resize=base.resize if resize is None else resize,
-        crop=base.crop if crop is None else crop,
-        mean=base.mean if mean is None else mean,
-        std=base.std if std is None else std,
-        channels=base.channels,
-    )
-    for name, values in (("--mean", loaded.preprocessing.mean), ("--std", loaded.preprocessing.std)):
-        if len(values) != base.channels:
-            raise click.BadParameter(f"{model} takes {base.channels} channel(s), got {len(values)} values",
-                                     param_hint=name)
-    return loaded

@@ -15,11 +15,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from zennit_resnet_lrp import attribute  # noqa: E402
-from zennit_resnet_lrp.data import image_folder, open_image  # noqa: E402
-from zennit_resnet_lrp.demo import export_held_out  # noqa: E402
-from zennit_resnet_lrp.evaluate import EvaluationSettings, evaluate, format_markdown, read_rows, summarize  # noqa
-from zennit_resnet_lrp.metrics import CurveSpec  # noqa: E402
-from zennit_resnet_lrp.models import load_model  # noqa: E402
+from zennit_resnet_lrp.application.images import open_image  # noqa: E402
+from zennit_resnet_lrp.evaluation.datasets import image_folder  # noqa: E402
+from zennit_resnet_lrp.application.demo import export_held_out  # noqa: E402
+from zennit_resnet_lrp.evaluation.run import EvaluationSettings, evaluate, format_markdown, read_rows, summarize  # noqa
+from zennit_resnet_lrp.evaluation.metrics import CurveSpec  # noqa: E402
+from zennit_resnet_lrp.application.models import load_model  # noqa: E402
 
 METHODS = ["flows_skip_conservative", "flows_skip", "zennit_epsilon_plus_flat", "lrp_epsilon_plain", "gradient",
            "integrated_gradients", "gradcam", "random"]

@@ -1,7 +1,7 @@
-"""Train the shipped demo models on the MNIST subset in zennit_resnet_lrp/data/mnist_5k.csv.gz (seeded, CPU, about a
+"""Train the shipped demo models on the MNIST subset in zennit_resnet_lrp/application/data/mnist_5k.csv.gz (seeded, CPU, about a
 minute each).
 
-    python scripts/train_demo.py            # both models; writes zennit_resnet_lrp/data/*.pt and the digits
+    python scripts/train_demo.py            # both models; writes zennit_resnet_lrp/application/data/*.pt and the digits
 
 Split: a seeded permutation, 4,000 digits to train and 1,000 held out; 20 held-out digits (2 per class) are
 written as PNG files for the demo. Accuracy on the held-out digits is printed and written to data/demo-metrics.json.
@@ -20,7 +20,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from zennit_resnet_lrp.demo import DATA, DIGITS, demo_basic, demo_bottleneck, mnist_split  # noqa: E402
+from zennit_resnet_lrp.application.demo import DATA, DIGITS, demo_basic, demo_bottleneck, mnist_split  # noqa: E402
 
 SEED = 0
 MEAN, STD = 0.1307, 0.3081

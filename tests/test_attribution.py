@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import zennit_resnet_lrp as lrp
-from conftest import make_inputs, make_model
+from helpers import make_inputs, make_model
 
 
 def test_result_shapes_and_fields(resnet18, inputs):
@@ -33,7 +33,7 @@ def test_batch_equals_one_at_a_time_with_own_targets(resnet18):
 
 @pytest.mark.parametrize("start", ["softmax", "logit", "one"])
 def test_start_relevance(resnet18, inputs, start):
-    result = lrp.attribute(resnet18, inputs, start=start, target=2)
+    result = lrp.attribute(resnet18, inputs, start_with=start, target=2)
     with torch.no_grad():
         logits = resnet18(inputs)
     expected = {"softmax": logits.softmax(1)[:, 2], "logit": logits[:, 2], "one": torch.ones(2, dtype=logits.dtype)}
@@ -70,7 +70,7 @@ def test_bad_inputs_raise_one_line(resnet18, inputs, bad, message):
     ({"target": [1, 2, 3]}, "3 entries for 2 samples"),
     ({"target": 1.5}, "integer"),
     ({"method": "nope"}, "unknown method 'nope'"),
-    ({"start": "prob"}, "unknown start"),
+    ({"start_with": "prob"}, "unknown start relevance"),
     ({"batch_size": 0}, "batch_size"),
 ])
 def test_bad_arguments_raise(resnet18, inputs, kwargs, message):

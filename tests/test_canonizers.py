@@ -4,7 +4,7 @@ import torch
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 import zennit_resnet_lrp as lrp
-from conftest import make_inputs, make_model, randomize_batchnorm
+from helpers import make_inputs, make_model, randomize_batchnorm
 
 
 class TwoBlockNet(torch.nn.Module):

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import zennit_resnet_lrp as lrp
-from conftest import make_inputs, make_model
+from helpers import make_inputs, make_model
 
 TOLERANCE = 1e-5
 
@@ -42,7 +42,7 @@ def test_default_conserves_with_units_switched_on_by_batchnorm_bias():
                 module.bias.add_(1.0)
                 module.running_mean.add_(2.0)
     x = make_inputs(1, 32, seed=4)
-    leaky = lrp.attribute(model, x, lrp.FlowsSkipConservative(inactive="drop"), tolerance=None)
+    leaky = lrp.attribute(model, x, lrp.FlowsSkipConservative(unsupported="drop"), tolerance=None)
     assert float(leaky.conservation_error) > 10 * TOLERANCE  # the situation really occurs here
     _assert_conserved(lrp.attribute(model, x, record_blocks=True))
 

@@ -55,8 +55,8 @@ def test_zplus_flat_fallback_conserves_dead_units():
         conv.weight.copy_(torch.tensor([[1.0, 2.0], [-1.0, -1.0]])[:, :, None, None])
     a = torch.tensor([[0.0, 0.0], [1.0, 1.0]]).double().T.reshape(1, 2, 2, 1)  # first position all zero
     relevance = torch.tensor([[[[1.0], [1.0]], [[2.0], [2.0]]]]).double()  # unit 2 has W+ = 0
-    dropped = _propagate(lrp.ZPlus(0.0, inactive="drop"), conv, a, relevance)
-    spread = _propagate(lrp.ZPlus(0.0, inactive="flat"), conv, a, relevance)
+    dropped = _propagate(lrp.ZPlus(0.0, unsupported="drop"), conv, a, relevance)
+    spread = _propagate(lrp.ZPlus(0.0, unsupported="flat"), conv, a, relevance)
     assert float(dropped.sum()) == pytest.approx(1.0)  # only unit 1 at position 2 had z+ > 0
     assert float(spread.sum()) == pytest.approx(6.0)
     # unit 1 at the dead position goes 1:2 by W+, unit 2 (W+ = 0) evenly
@@ -96,12 +96,11 @@ def test_average_pool_proportional():
 def test_rule_copies_are_independent_on_the_hook_path_and_shared_on_the_fast_path():
     """zennit's hooks store the module's input on the rule, so each module needs its own copy; the fast path keeps
     that state in the autograd context, so one stateless instance serves every module."""
+    hooked = lrp.ZPlus(1e-3, "flat", fast=False)
+    clone = hooked.copy()
+    assert (clone.epsilon, clone.unsupported, clone.fast) == (1e-3, "flat", False)
+    assert clone is not hooked and clone.stored_tensors is not hooked.stored_tensors
     rule = lrp.ZPlus(1e-3, "flat")
-    rule.fast = False
-    clone = rule.copy()
-    assert (clone.epsilon, clone.inactive) == (1e-3, "flat")
-    assert clone is not rule and clone.stored_tensors is not rule.stored_tensors
-    rule.fast = True
     assert rule.copy() is rule
     conv_a, conv_b = torch.nn.Conv2d(2, 2, 3), torch.nn.Conv2d(2, 2, 3)
     handles = [rule.copy().register(conv_a), rule.copy().register(conv_b)]

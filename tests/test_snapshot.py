@@ -1,10 +1,9 @@
 """After attribution with any composite the model is exactly as it was: objects, values, flags, no hooks."""
 import pytest
 import torch
-from zennit.composites import COMPOSITES
 
 import zennit_resnet_lrp as lrp
-from conftest import make_inputs, make_model
+from helpers import make_inputs, make_model
 
 OURS = list(lrp.OUR_COMPOSITES)
 ZENNITS = ["epsilon_plus_flat", "epsilon_gamma_box", "epsilon_alpha2_beta1", "epsilon_plus"]

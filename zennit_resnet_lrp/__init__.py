@@ -1,19 +1,25 @@
 """LRP with conservation for ResNets: Relevance Splitting (Otsuki et al., ECCV 2024) as zennit canonizers,
-rules and composites."""
-from .attribution import Attribution, AttributionError, ConservationWarning, attribute, make_composite
-from .conservation import ConservationReport, check_conservation
+rules and composites.
+
+The top level is the zennit extension (the core); ``zennit_resnet_lrp.application`` reads images and models and
+writes heatmaps, ``zennit_resnet_lrp.evaluation`` measures faithfulness, ``zennit_resnet_lrp.cli`` is the command
+line. Each layer imports only the ones before it.
+"""
+from .attribution import Attribution, AttributionError, START_WITH, attribute, check_conservation
 from .canonizers import MergeBatchNorm, ResidualCanonizer, residual_blocks
 from .composites import (
-    DEFAULT_METHOD, OUR_COMPOSITES, PAPER_VARIANTS, EpsilonAlpha2Beta1Split, EpsilonGammaBoxSplit,
-    EpsilonPlusFlatSplit, FlowsSkip, FlowsSkipConservative, FlowsSkipSimple, Latest, ResNetLRP, ResidualComposite,
-    Simple,
+    DEFAULT_METHOD, IMAGENET_MEAN, IMAGENET_STD, OUR_COMPOSITES, PAPER_VARIANTS, EpsilonAlpha2Beta1Split,
+    EpsilonGammaBoxSplit, EpsilonPlusFlatSplit, FlowsSkip, FlowsSkipConservative, FlowsSkipSimple, Latest,
+    ResidualComposite, ResNetLRP, Simple, SplitCounterpart, UnknownCompositeError, box_bounds, make_composite,
 )
+from .conservation import DEFAULT_TOLERANCE, ConservationReport, ConservationWarning, relative_error
+from .core import RelevanceRule
 from .layer import ResidualSum
+from .recording import ModuleRelevance, RelevanceRecorder
 from .rules import (
-    FlatInputZPlus, MaxPoolAverageStandIn, MaxPoolProportional, MaxPoolWinnerTakesAll, PoolProportional,
-    RelevanceSplit, ZPlus,
+    FlatInputZPlus, MaxPoolAverageStandIn, MaxPoolProportional, MaxPoolWinnerTakesAll, PassThrough, PoolProportional,
+    PositiveProportional, RelevanceSplit, ZPlus,
 )
-from .snapshot import ModelSnapshot
-from .tracing import ModuleRelevance, RelevanceRecorder
+from .snapshot import ModelSnapshot, evaluating
 
 __version__ = "0.1.0"

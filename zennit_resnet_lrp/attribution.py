@@ -1,4 +1,5 @@
-"""``attribute()``: the one entry point that puts a composite on a model, computes relevance and takes it off."""
+"""``attribute()``: the one entry point that puts a composite on a model, computes relevance and takes it off; and
+``check_conservation()``, the same with the relevance at every block recorded into a report."""
 from __future__ import annotations
 
 import warnings
@@ -6,23 +7,23 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
-from zennit.composites import COMPOSITES, EpsilonGammaBox
 from zennit.core import Composite
 
-from .canonizers import ResidualCanonizer, residual_blocks
-from .composites import DEFAULT_METHOD, ResidualComposite, _imagenet_bounds
+from .canonizers import residual_blocks
+from .composites import DEFAULT_METHOD, ResidualComposite, UnknownCompositeError, make_composite
+from .conservation import (
+    DEFAULT_TOLERANCE, WARNING_TOLERANCE, ConservationReport, ConservationWarning, locate, relative_error,
+    violation_message, worst_violation,
+)
+from .recording import ModuleRelevance, RelevanceRecorder
 from .snapshot import evaluating
-from .tracing import ModuleRelevance, RelevanceRecorder
 
-STARTS = ("softmax", "logit", "one")
+# what the relevance put in at the target is: its probability (the paper), its logit, or 1
+START_WITH = ("softmax", "logit", "one")
 
 
 class AttributionError(ValueError):
     """Bad input to :py:func:`attribute` (wrong shape, unknown method, target out of range, ...)."""
-
-
-class ConservationWarning(UserWarning):
-    """The input relevance misses the relevance put in at the output by more than the tolerance."""
 
 
 @dataclass
@@ -36,7 +37,7 @@ class Attribution:
     target : torch.Tensor
         The explained class of each sample, shape (N,).
     start : torch.Tensor
-        The relevance put in at the output for each sample, shape (N,).
+        The relevance put in at the output for each sample, shape (N,) (chosen by ``start_with``).
     output : torch.Tensor
         The model's output (logits), shape (N, K).
     blocks : list of ModuleRelevance or None
@@ -70,33 +71,6 @@ class Attribution:
         return self.output.softmax(1)
 
 
-def relative_error(value: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """``|value - reference| / |reference|`` (absolute error where the reference is 0)."""
-    scale = reference.abs()
-    return (value - reference).abs() / scale.where(scale > 0, torch.ones_like(scale))
-
-
-def make_composite(method: str | Composite = DEFAULT_METHOD) -> Composite:
-    """Return a fresh composite for ``method``: a name in zennit's registry (ours or zennit's) or an instance.
-
-    zennit's own composites get a residual canonizer with batch-norm merging (as zennit's ``ResNetCanonizer``
-    would give them), so their ``Norm`` rule applies at the sums instead of relevance doubling at every block.
-    """
-    if isinstance(method, Composite):
-        return method
-    if not isinstance(method, str) or method not in COMPOSITES:
-        raise AttributionError(
-            f"unknown method {method!r}; choose one of: {', '.join(sorted(COMPOSITES))}"
-        )
-    cls = COMPOSITES[method]
-    if issubclass(cls, ResidualComposite):
-        return cls()
-    kwargs = {"canonizers": [ResidualCanonizer(merge_batchnorm=True)]}
-    if issubclass(cls, EpsilonGammaBox):  # its box rule needs bounds: those of ImageNet-normalised images
-        kwargs["low"], kwargs["high"] = _imagenet_bounds()
-    return cls(**kwargs)
-
-
 def _target_tensor(target, count: int) -> torch.Tensor:
     try:
         target = torch.as_tensor(target)
@@ -124,16 +98,16 @@ def _targets(target, output: torch.Tensor) -> torch.Tensor:
     return target.long()
 
 
-def _start_values(output: torch.Tensor, target: torch.Tensor, start: str) -> torch.Tensor:
+def _start_values(output: torch.Tensor, target: torch.Tensor, start_with: str) -> torch.Tensor:
     picked = output.gather(1, target[:, None])[:, 0]
-    if start == "softmax":
+    if start_with == "softmax":
         return output.softmax(1).gather(1, target[:, None])[:, 0]
-    if start == "logit":
+    if start_with == "logit":
         return picked
     return torch.ones_like(picked)
 
 
-def _check_inputs(model: torch.nn.Module, inputs: torch.Tensor, start: str) -> None:
+def _check_inputs(model: torch.nn.Module, inputs: torch.Tensor, start_with: str) -> None:
     if not isinstance(inputs, torch.Tensor):
         raise AttributionError(f"inputs must be a torch.Tensor, not {type(inputs).__name__}")
     if inputs.ndim != 4:
@@ -144,8 +118,10 @@ def _check_inputs(model: torch.nn.Module, inputs: torch.Tensor, start: str) -> N
         raise AttributionError("inputs hold no samples (N = 0)")
     if not inputs.is_floating_point():
         raise AttributionError(f"inputs must be floating point, not {inputs.dtype}")
-    if start not in STARTS:
-        raise AttributionError(f"unknown start {start!r}; choose one of {', '.join(STARTS)}")
+    if start_with not in START_WITH:
+        raise AttributionError(
+            f"unknown start relevance {start_with!r}; choose one of {', '.join(START_WITH)}"
+        )
     param = next(model.parameters(), None)
     if param is not None and (param.dtype != inputs.dtype or param.device != inputs.device):
         raise AttributionError(
@@ -159,10 +135,11 @@ def attribute(
     inputs: torch.Tensor,
     method: str | Composite = DEFAULT_METHOD,
     target: int | Sequence[int] | torch.Tensor | None = None,
-    start: str = "softmax",
+    start_with: str = "softmax",
     batch_size: int | None = None,
     record_blocks: bool = False,
-    tolerance: float | None = 0.05,
+    tolerance: float | None = WARNING_TOLERANCE,
+    bounds: tuple | None = None,
 ) -> Attribution:
     """Explain ``model``'s predictions on ``inputs`` with LRP.
 
@@ -173,14 +150,14 @@ def attribute(
         same training flags, no hooks, no gradients, also when an exception is raised.
     inputs : torch.Tensor
         Batch (N, C, H, W) on the model's device and with its dtype. Channels-last batches work too (faster on
-        the CPU for larger batches; see the README's Performance section); the relevance comes back in their layout.
+        the CPU for larger batches; see docs/benchmarks.md); the relevance comes back in their layout.
     method : str or Composite
         A name registered in ``zennit.composites.COMPOSITES`` (ours: ``flows_skip_conservative`` (the default),
         ``flows_skip``, ``flows_skip_simple``, ``latest``, ``simple``, ``*_split``; or zennit's) or an instance.
     target : int, sequence of int, tensor or None
         Class to explain per sample; None explains each sample's top-1 class.
-    start : {"softmax", "logit", "one"}
-        The relevance put in at the target: its probability (the paper), its logit, or 1.
+    start_with : {"softmax", "logit", "one"}
+        The relevance put in at the target (``Attribution.start``): its probability (the paper), its logit, or 1.
     batch_size : int, optional
         Process at most this many samples at a time (the result is the same; memory is bounded).
     record_blocks : bool
@@ -188,15 +165,20 @@ def attribute(
     tolerance : float or None
         Warn (:py:class:`ConservationWarning`) when ``|input relevance - start| / |start|`` exceeds this for a sample,
         naming the module where relevance changes; None to skip the check.
+    bounds : (low, high), optional
+        Lowest and highest input values, for a ``method`` named by a composite with a box rule; ImageNet's by default.
 
     Returns
     -------
     Attribution
     """
-    _check_inputs(model, inputs, start)
+    _check_inputs(model, inputs, start_with)
     if batch_size is not None and batch_size < 1:
         raise AttributionError(f"batch_size must be at least 1, not {batch_size}")
-    composite = make_composite(method)
+    try:
+        composite = make_composite(method, bounds)
+    except UnknownCompositeError as error:
+        raise AttributionError(str(error)) from None
     if isinstance(composite, ResidualComposite) and not residual_blocks(model):
         warnings.warn(
             f"{type(model).__name__} has no torchvision BasicBlock or Bottleneck: no relevance splitting applies",
@@ -204,13 +186,40 @@ def attribute(
         )
     if target is not None:
         target = _target_tensor(target, inputs.shape[0])
-    result = _run(model, inputs, composite, target, start, batch_size or inputs.shape[0], record_blocks)
+    result = _run(model, inputs, composite, target, start_with, batch_size or inputs.shape[0], record_blocks)
     if tolerance is not None:
-        _warn_if_not_conserved(model, inputs, composite, result, start, tolerance)
+        _warn_if_not_conserved(model, inputs, composite, result, start_with, tolerance)
     return result
 
 
-def _run(model, inputs, composite, target, start, size, record_blocks, watch=None) -> Attribution:
+def check_conservation(
+    model: torch.nn.Module,
+    inputs: torch.Tensor,
+    method: str | Composite = DEFAULT_METHOD,
+    target: int | Sequence[int] | torch.Tensor | None = None,
+    start_with: str = "softmax",
+    tolerance: float = DEFAULT_TOLERANCE,
+    batch_size: int | None = None,
+) -> ConservationReport:
+    """Attribute ``inputs`` and report the relevance at every residual block and at the input.
+
+    Parameters
+    ----------
+    model, inputs, method, target, start_with, batch_size
+        As for :py:func:`attribute`.
+    tolerance : float
+        The largest acceptable ``|input relevance - start| / |start|`` per sample.
+
+    Returns
+    -------
+    ConservationReport
+    """
+    result = attribute(model, inputs, method, target, start_with, batch_size=batch_size, record_blocks=True,
+                       tolerance=None)
+    return ConservationReport(result, tolerance)
+
+
+def _run(model, inputs, composite, target, start_with, size, record_blocks, watch=None) -> Attribution:
     """Register ``composite`` (and a recorder of the blocks, or of the modules named in ``watch``) once, attribute
     chunk by chunk, and restore the model."""
     recorder = None
@@ -232,7 +241,7 @@ def _run(model, inputs, composite, target, start, size, record_blocks, watch=Non
                         )
                     output_values = output.detach()
                     chosen = _targets(None if target is None else target[begin:begin + size], output_values)
-                    values = _start_values(output_values, chosen, start)
+                    values = _start_values(output_values, chosen, start_with)
                     seed = torch.zeros_like(output).scatter(1, chosen[:, None], values[:, None])
                     (relevance,) = torch.autograd.grad(output, chunk, seed)
                 chunks.append((relevance.detach(), chosen, values, output_values))
@@ -245,43 +254,16 @@ def _run(model, inputs, composite, target, start, size, record_blocks, watch=Non
     return Attribution(relevance, chosen, values, outputs, blocks)
 
 
-def _warn_if_not_conserved(model, inputs, composite, result, start, tolerance) -> None:
-    """Warn when relevance grew by more than ``tolerance`` (a residual addition nobody split) or, for a composite
-    that promises conservation, was lost. The paper's variants lose relevance by design (the max-pool stand-in)."""
-    error = result.conservation_error
-    signed = (result.total - result.start) * result.start.sign()
-    suspicious = signed > 0 if not getattr(composite, "conservative", False) else torch.ones_like(signed, dtype=bool)
-    error = torch.where(suspicious, error, torch.zeros_like(error))
-    worst = int(error.argmax())
-    if float(error[worst]) <= tolerance:
+def _warn_if_not_conserved(model, inputs, composite, result, start_with, tolerance) -> None:
+    """Warn when relevance grew by more than ``tolerance`` or, for a composite that promises conservation, was lost;
+    the worst sample is run again, watching every module, to say where."""
+    worst = worst_violation(result, getattr(composite, "conservative", False), tolerance)
+    if worst is None:
         return
-    ratio = float(result.total[worst] / result.start[worst])
-    # run the worst sample again, watching every module, to say where relevance appears or vanishes
     names = [name for name, _ in model.named_modules() if name]
-    sample = inputs[worst:worst + 1]
-    traced = _run(model, sample, composite, result.target[worst:worst + 1], start, 1, False, watch=names)
-    where = _culprits(traced.blocks or [], float(result.start[worst]), tolerance, dict(model.named_modules()))
-    if where and ratio > 1:
-        hint = (f"; it grows in {where}: a residual addition the canonizer does not know (x + f(x) in a custom "
-                "forward) doubles relevance; route it through zennit_resnet_lrp.ResidualSum")
-    elif where:
-        hint = f"; it is lost in {where}"
-    else:
-        hint = ""
-    warnings.warn(
-        f"input relevance is {ratio:.4g} x the start relevance for sample {worst} "
-        f"(error {float(error[worst]):.2%} > tolerance {tolerance:.2%}){hint}",
-        ConservationWarning,
-        stacklevel=3,
-    )
-
-
-def _culprits(records: list[ModuleRelevance], start: float, tolerance: float, modules: dict) -> str:
-    """Name the innermost modules whose input and output relevance differ by more than the tolerance."""
-    records = [r for r in records if r.output.numel() == 1 and r.input.numel() == 1]
-    bad = [r for r in records if abs(float(r.input - r.output)) > tolerance * abs(start)]
-    innermost = [r for r in bad if not any(o.name.startswith(r.name + ".") for o in bad)]
-    return ", ".join(
-        f"'{r.name}' ({type(modules[r.name]).__name__}: {float(r.output):.4g} in, {float(r.input):.4g} out)"
-        for r in innermost[:3]
-    )
+    traced = _run(model, inputs[worst:worst + 1], composite, result.target[worst:worst + 1], start_with, 1, False,
+                  watch=names)
+    where = locate(traced.blocks or [], float(result.start[worst]), tolerance, dict(model.named_modules()))
+    ratio = float(result.total[worst] / result.start[worst])
+    message = violation_message(worst, ratio, float(result.conservation_error[worst]), tolerance, where)
+    warnings.warn(message, ConservationWarning, stacklevel=3)

@@ -1,5 +1,6 @@
 """Composites: the paper's four variants, the recommended conservative default, and zennit's composites with
-Relevance Splitting at the residual sums. Each is registered in ``zennit.composites.COMPOSITES`` by name."""
+Relevance Splitting at the residual sums. Each is a class registered in ``zennit.composites.COMPOSITES`` by name,
+and :py:func:`make_composite` turns a name into a ready composite."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -10,15 +11,15 @@ from zennit.composites import (
     COMPOSITES, EpsilonAlpha2Beta1, EpsilonGammaBox, EpsilonPlusFlat, SpecialFirstLayerMapComposite,
     register_composite,
 )
-from zennit.core import Hook
+from zennit.core import Composite, Hook
 from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetBottleneckCanonizer, ResNetCanonizer
 from zennit.types import Activation, BatchNorm
 
-from .canonizers import MergeBatchNorm, ResidualCanonizer
+from .canonizers import ResidualCanonizer
 from .layer import ResidualSum
 from .rules import (
-    DROP, FLAT, FlatInputZPlus, MaxPoolAverageStandIn, MaxPoolProportional, MaxPoolWinnerTakesAll, Pass,
-    PoolProportional, RelevanceRule, RelevanceSplit, ZPlus,
+    DROP, FLAT, FlatInputZPlus, MaxPoolAverageStandIn, MaxPoolProportional, MaxPoolWinnerTakesAll, PassThrough,
+    PoolProportional, RelevanceSplit, ZPlus,
 )
 from .snapshot import ModelSnapshot, protected
 
@@ -34,21 +35,35 @@ MAXPOOL_RULES = {
 }
 _ZENNIT_RESNET_CANONIZERS = (ResNetCanonizer, ResNetBasicBlockCanonizer, ResNetBottleneckCanonizer)
 
-# the reference implementation's variant names -> (split mode, split identity skips)
-PAPER_VARIANTS = {
-    "flows_skip": ("ratio", True),
-    "flows_skip_simple": ("symmetric", True),
-    "latest": ("ratio", False),
-    "simple": ("symmetric", False),
-}
+# ImageNet's per-channel normalisation: the default input space of the box rule (and of the application's images)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def box_bounds(mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+               dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> tuple:
+    """``(low, high)``, each (1, C, 1, 1): the normalised values of pixel 0 and pixel 1 per channel, the bounds a
+    box rule (zennit's ``ZBox`` in ``EpsilonGammaBox``) needs."""
+    mean = torch.as_tensor(mean, dtype=dtype, device=device).view(1, -1, 1, 1)
+    std = torch.as_tensor(std, dtype=dtype, device=device).view(1, -1, 1, 1)
+    return (0 - mean) / std, (1 - mean) / std
 
 
 class ResidualComposite:
     """Mixin for zennit composites: brings its own :py:class:`ResidualCanonizer` (also when a caller passes
     ``canonizers=[]`` or a list of its own, as Quantus does) and puts the model back exactly as it was on
-    ``remove()``, whatever the rules and canonizers did to it."""
+    ``remove()``, whatever the rules and canonizers did to it.
+
+    Attributes
+    ----------
+    merge_batchnorm : bool
+        Whether the residual canonizer also merges batch norms (zennit's rule tables expect that).
+    conservative : bool
+        Whether the rules promise ``sum of input relevance == start`` (then any loss is reported, not only growth).
+    """
 
     merge_batchnorm = False
+    conservative = False
 
     def _with_residual_canonizer(self, canonizers: Sequence[Canonizer] | None) -> list[Canonizer]:
         canonizers = list(canonizers or [])
@@ -84,6 +99,8 @@ class ResNetLRP(ResidualComposite, SpecialFirstLayerMapComposite):
     """The paper's rules as a table: z+ on convolutions and linear layers, batch norm and activations pass,
     proportional average pooling, flat-input z+ on the first convolution, Relevance Splitting at the sums.
 
+    Subclasses set their defaults as class attributes of the same names as the parameters below.
+
     Parameters
     ----------
     split : {"ratio", "symmetric"}
@@ -91,10 +108,10 @@ class ResNetLRP(ResidualComposite, SpecialFirstLayerMapComposite):
     split_identity : bool
         Split at identity skips too (False gives the skip nothing there).
     epsilon : float
-        Stabiliser of the z+ and pooling rules; 0 for exact division (see ``inactive``).
+        Stabiliser of the z+ and pooling rules; 0 for exact division (see ``unsupported``).
     maxpool : {"average_stand_in", "proportional", "winner_takes_all"} or Hook
         Max-pool rule: the reference's 2x2 average stand-in (leaks), or a conservative one.
-    inactive : {"drop", "flat"}
+    unsupported : {"drop", "flat"}
         Relevance arriving at units whose positive pre-activation is 0: lost (reference) or spread flat.
     first_rule : Hook, optional
         Rule of the first convolution; :py:class:`FlatInputZPlus` by default.
@@ -107,17 +124,23 @@ class ResNetLRP(ResidualComposite, SpecialFirstLayerMapComposite):
     stabilizer : float, optional
         zennit's name for ``epsilon``; used if given.
     fast : bool
-        Run this composite's rules as autograd functions around each module's forward (default), or through
-        zennit's hooks (the slower reference path; the results are the same).
+        Run this composite's own rules as autograd functions around each module's forward (default), or through
+        zennit's hooks (the slower reference path; the results are the same). Rules passed in keep their own.
     """
+
+    split = "ratio"
+    split_identity = True
+    epsilon = 1e-5
+    maxpool = "average_stand_in"
+    unsupported = DROP
 
     def __init__(
         self,
-        split: str = "ratio",
-        split_identity: bool = True,
-        epsilon: float = 1e-5,
-        maxpool: str | Hook = "average_stand_in",
-        inactive: str = DROP,
+        split: str | None = None,
+        split_identity: bool | None = None,
+        epsilon: float | None = None,
+        maxpool: str | Hook | None = None,
+        unsupported: str | None = None,
         first_rule: Hook | None = None,
         layer_map: LayerMap | None = None,
         first_map: LayerMap | None = None,
@@ -126,108 +149,151 @@ class ResNetLRP(ResidualComposite, SpecialFirstLayerMapComposite):
         stabilizer: float | None = None,
         fast: bool = True,
     ) -> None:
-        if stabilizer is not None:
-            epsilon = stabilizer
-        if isinstance(maxpool, str):
-            if maxpool not in MAXPOOL_RULES:
-                raise ValueError(f"unknown max-pool rule {maxpool!r}; choose one of {', '.join(MAXPOOL_RULES)}")
-            maxpool_cls = MAXPOOL_RULES[maxpool]
-            maxpool = maxpool_cls() if maxpool_cls is MaxPoolWinnerTakesAll else maxpool_cls(epsilon, inactive)
-        self.split, self.split_identity, self.epsilon, self.inactive = split, split_identity, epsilon, inactive
+        given = {"split": split, "split_identity": split_identity, "epsilon": stabilizer if stabilizer is not None
+                 else epsilon, "maxpool": maxpool, "unsupported": unsupported}
+        for key, value in given.items():
+            if value is not None:
+                setattr(self, key, value)
+        rule_args = {"epsilon": self.epsilon, "unsupported": self.unsupported, "fast": fast}
+        maxpool_rule = self._maxpool_rule(self.maxpool, rule_args)
         # exact division, flat fallback and a max-pool rule that keeps every output's relevance
-        self.conservative = (epsilon == 0 and inactive == FLAT
-                             and isinstance(maxpool, (MaxPoolProportional, MaxPoolWinnerTakesAll)))
-        rule_args = {"epsilon": epsilon, "inactive": inactive}
+        self.conservative = (self.epsilon == 0 and self.unsupported == FLAT
+                             and isinstance(maxpool_rule, (MaxPoolProportional, MaxPoolWinnerTakesAll)))
         layer_map = list(layer_map or []) + [
-            (ResidualSum, RelevanceSplit(split, split_identity)),
+            (ResidualSum, RelevanceSplit(self.split, self.split_identity, fast=fast)),
             (CONVOLUTION, ZPlus(**rule_args)),
             (torch.nn.Linear, ZPlus(**rule_args)),
-            (BatchNorm, Pass()),
-            (Activation, Pass()),
+            (BatchNorm, PassThrough(fast=fast)),
+            (Activation, PassThrough(fast=fast)),
             (AVERAGE_POOL, PoolProportional(**rule_args)),
-            (torch.nn.MaxPool2d, maxpool),
+            (torch.nn.MaxPool2d, maxpool_rule),
         ]
         first_map = list(first_map or []) + [(CONVOLUTION, first_rule or FlatInputZPlus(**rule_args))]
-        for _, rule in layer_map + first_map:
-            if isinstance(rule, RelevanceRule):
-                rule.fast = fast
         super().__init__(layer_map=layer_map, first_map=first_map, canonizers=self._with_residual_canonizer(canonizers))
 
-
-def _paper_variant(name: str, doc: str) -> type:
-    split, split_identity = PAPER_VARIANTS[name]
-
-    def __init__(self, **kwargs) -> None:
-        kwargs.setdefault("split", split)
-        kwargs.setdefault("split_identity", split_identity)
-        ResNetLRP.__init__(self, **kwargs)
-
-    cls = type(
-        "".join(part.capitalize() for part in name.split("_")), (ResNetLRP,), {"__init__": __init__, "__doc__": doc}
-    )
-    return register_composite(name)(cls)
+    @staticmethod
+    def _maxpool_rule(maxpool: str | Hook, rule_args: dict) -> Hook:
+        if not isinstance(maxpool, str):
+            return maxpool
+        if maxpool not in MAXPOOL_RULES:
+            raise ValueError(f"unknown max-pool rule {maxpool!r}; choose one of {', '.join(MAXPOOL_RULES)}")
+        if MAXPOOL_RULES[maxpool] is MaxPoolWinnerTakesAll:
+            return MaxPoolWinnerTakesAll(fast=rule_args["fast"])
+        return MAXPOOL_RULES[maxpool](**rule_args)
 
 
-FlowsSkip = _paper_variant(
-    "flows_skip", "The paper's proposed method, as the reference computes it: ratio split at every sum.")
-FlowsSkipSimple = _paper_variant(
-    "flows_skip_simple", "Reference variant: symmetric split (1/2) at every sum.")
-Latest = _paper_variant(
-    "latest", "Reference variant: identity skips get nothing, ratio split at projection skips.")
-Simple = _paper_variant(
-    "simple", "Reference variant: identity skips get nothing, symmetric split at projection skips.")
+@register_composite("flows_skip")
+class FlowsSkip(ResNetLRP):
+    """The paper's proposed method, as the reference computes it: ratio split at every sum."""
+
+    split, split_identity = "ratio", True
+
+
+@register_composite("flows_skip_simple")
+class FlowsSkipSimple(ResNetLRP):
+    """Reference variant: symmetric split (1/2) at every sum."""
+
+    split, split_identity = "symmetric", True
+
+
+@register_composite("latest")
+class Latest(ResNetLRP):
+    """Reference variant: identity skips get nothing, ratio split at projection skips."""
+
+    split, split_identity = "ratio", False
+
+
+@register_composite("simple")
+class Simple(ResNetLRP):
+    """Reference variant: identity skips get nothing, symmetric split at projection skips."""
+
+    split, split_identity = "symmetric", False
 
 
 @register_composite("flows_skip_conservative")
-class FlowsSkipConservative(ResNetLRP):
+class FlowsSkipConservative(FlowsSkip):
     """The recommended default: ``flows_skip`` made exactly conservative. Exact division (``epsilon=0``), the max-pool
     split over its real windows, and relevance reaching units with zero positive pre-activation spread flat,
     so the input relevance sums to the relevance put in at the output."""
 
-    def __init__(self, **kwargs) -> None:
-        kwargs.setdefault("epsilon", 0.0)
-        kwargs.setdefault("maxpool", "proportional")
-        kwargs.setdefault("inactive", FLAT)
-        super().__init__(**kwargs)
+    epsilon, maxpool, unsupported = 0.0, "proportional", FLAT
+
+
+class SplitCounterpart(ResidualComposite):
+    """Mixin for zennit's composites: Relevance Splitting (``split``, ``split_identity``) at the residual sums in
+    front of the composite's own table (where zennit puts ``Norm``), batch norms merged as zennit's
+    ``ResNetCanonizer`` does; every keyword of the zennit composite is accepted."""
+
+    merge_batchnorm = True
+
+    def __init__(self, split: str = "ratio", split_identity: bool = True, layer_map: LayerMap | None = None,
+                 canonizers: Sequence[Canonizer] | None = None, **kwargs) -> None:
+        layer_map = [(ResidualSum, RelevanceSplit(split, split_identity))] + list(layer_map or [])
+        super().__init__(layer_map=layer_map, canonizers=self._with_residual_canonizer(canonizers), **kwargs)
+
+
+@register_composite("epsilon_plus_flat_split")
+class EpsilonPlusFlatSplit(SplitCounterpart, EpsilonPlusFlat):
+    """zennit's ``EpsilonPlusFlat`` with Relevance Splitting at the residual sums instead of ``Norm``."""
+
+
+@register_composite("epsilon_gamma_box_split")
+class EpsilonGammaBoxSplit(SplitCounterpart, EpsilonGammaBox):
+    """zennit's ``EpsilonGammaBox`` with Relevance Splitting at the residual sums instead of ``Norm``; ``low`` and
+    ``high`` default to the bounds of ImageNet-normalised images (:py:func:`box_bounds`)."""
+
+    def __init__(self, low: torch.Tensor | None = None, high: torch.Tensor | None = None, **kwargs) -> None:
+        default_low, default_high = box_bounds()
+        super().__init__(low=default_low if low is None else low, high=default_high if high is None else high,
+                         **kwargs)
+
+
+@register_composite("epsilon_alpha2_beta1_split")
+class EpsilonAlpha2Beta1Split(SplitCounterpart, EpsilonAlpha2Beta1):
+    """zennit's ``EpsilonAlpha2Beta1`` with Relevance Splitting at the residual sums instead of ``Norm``."""
 
 
 DEFAULT_METHOD = "flows_skip_conservative"
-
-
-def _imagenet_bounds() -> tuple[torch.Tensor, torch.Tensor]:
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-    return (0 - mean) / std, (1 - mean) / std
-
-
-def _split_counterpart(zennit_cls: type, name: str, defaults=None) -> type:
-    """zennit's composite with the ratio split at residual sums instead of ``Norm``, and BN merged as zennit's
-    ``ResNetCanonizer`` does."""
-
-    def __init__(self, split: str = "ratio", split_identity: bool = True, layer_map=None, canonizers=None,
-                 **kwargs) -> None:
-        for key, make in (defaults or {}).items():
-            kwargs.setdefault(key, make())
-        layer_map = [(ResidualSum, RelevanceSplit(split, split_identity))] + list(layer_map or [])
-        zennit_cls.__init__(self, layer_map=layer_map, canonizers=self._with_residual_canonizer(canonizers), **kwargs)
-
-    doc = (f"zennit's ``{zennit_cls.__name__}`` with Relevance Splitting (``split``, ``split_identity``) at the "
-           "residual sums instead of ``Norm``; batch norms merged; all of zennit's keywords accepted.")
-    cls = type(f"{zennit_cls.__name__}Split", (ResidualComposite, zennit_cls),
-               {"__init__": __init__, "__doc__": doc, "merge_batchnorm": True})
-    return register_composite(name)(cls)
-
-
-EpsilonPlusFlatSplit = _split_counterpart(EpsilonPlusFlat, "epsilon_plus_flat_split")
-EpsilonGammaBoxSplit = _split_counterpart(
-    EpsilonGammaBox, "epsilon_gamma_box_split",
-    {"low": lambda: _imagenet_bounds()[0], "high": lambda: _imagenet_bounds()[1]},
-)
-EpsilonAlpha2Beta1Split = _split_counterpart(EpsilonAlpha2Beta1, "epsilon_alpha2_beta1_split")
-
+PAPER_VARIANTS = ("flows_skip", "flows_skip_simple", "latest", "simple")
 OUR_COMPOSITES = {
     name: COMPOSITES[name] for name in (
         DEFAULT_METHOD, *PAPER_VARIANTS, "epsilon_plus_flat_split", "epsilon_gamma_box_split",
         "epsilon_alpha2_beta1_split",
     )
 }
+
+
+class UnknownCompositeError(ValueError):
+    """A composite name that is not registered."""
+
+
+def needs_box_bounds(name_or_class: str | type) -> bool:
+    """Whether the composite has a box rule, whose bounds depend on the input's normalisation."""
+    cls = COMPOSITES.get(name_or_class) if isinstance(name_or_class, str) else name_or_class
+    return isinstance(cls, type) and issubclass(cls, EpsilonGammaBox)
+
+
+def make_composite(method: str | Composite = DEFAULT_METHOD, bounds: tuple | None = None) -> Composite:
+    """Return a fresh composite for ``method``: a name in zennit's registry (ours or zennit's) or an instance.
+
+    zennit's own composites get a residual canonizer with batch-norm merging (as zennit's ``ResNetCanonizer``
+    would give them), so their ``Norm`` rule applies at the sums instead of relevance doubling at every block.
+
+    Parameters
+    ----------
+    method : str or Composite
+        A registered name, or a composite (returned as it is).
+    bounds : (low, high), optional
+        The lowest and highest input values, for composites with a box rule; ImageNet's by default.
+    """
+    if isinstance(method, Composite):
+        return method
+    if not isinstance(method, str) or method not in COMPOSITES:
+        raise UnknownCompositeError(f"unknown method {method!r}; choose one of: {', '.join(sorted(COMPOSITES))}")
+    cls = COMPOSITES[method]
+    kwargs = {}
+    if needs_box_bounds(cls):
+        kwargs["low"], kwargs["high"] = bounds if bounds is not None else box_bounds()
+    if not issubclass(cls, ResidualComposite):
+        kwargs["canonizers"] = [ResidualCanonizer(merge_batchnorm=True)]
+    return cls(**kwargs)

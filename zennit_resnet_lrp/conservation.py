@@ -1,14 +1,36 @@
-"""The conservation check: relevance sums at every block boundary and at the input, as a report."""
+"""Conservation: the relative error, the report of relevance at every block boundary, the warning, and locating the
+modules where relevance appears or vanishes.
+
+:py:func:`zennit_resnet_lrp.attribute` uses this to warn, and :py:func:`zennit_resnet_lrp.check_conservation`
+returns a :py:class:`ConservationReport`.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING
 
 import torch
-from zennit.core import Composite
 
-from .attribution import Attribution, attribute, relative_error
-from .composites import DEFAULT_METHOD
+from .recording import ModuleRelevance
+
+if TYPE_CHECKING:  # the attribution module builds on this one
+    from .attribution import Attribution
+
+# the largest acceptable |input relevance - start| / |start| of the default (conservative) method, everywhere:
+# check_conservation(), `resnet-lrp check`; float32 rounding stays below it on ResNet-50-sized models
+DEFAULT_TOLERANCE = 1e-5
+# the error above which attribute() warns: the paper's variants lose a few percent by design
+WARNING_TOLERANCE = 0.05
+
+
+class ConservationWarning(UserWarning):
+    """The input relevance misses the relevance put in at the output by more than the tolerance."""
+
+
+def relative_error(value: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """``|value - reference| / |reference|`` (absolute error where the reference is 0)."""
+    scale = reference.abs()
+    return (value - reference).abs() / scale.where(scale > 0, torch.ones_like(scale))
 
 
 @dataclass
@@ -23,8 +45,8 @@ class ConservationReport:
         The largest acceptable ``|input total - start| / |start|``.
     """
 
-    attribution: Attribution
-    tolerance: float
+    attribution: "Attribution"
+    tolerance: float = DEFAULT_TOLERANCE
 
     @property
     def error(self) -> torch.Tensor:
@@ -36,7 +58,7 @@ class ConservationReport:
         return bool((self.error <= self.tolerance).all())
 
     def rows(self) -> list[dict]:
-        """One row per block, in forward order, with per-sample values and their mean."""
+        """One row per block, in forward order, with per-sample values."""
         start = self.attribution.start
         rows = []
         for block in self.attribution.blocks or []:
@@ -84,58 +106,37 @@ class ConservationReport:
         return "\n".join(lines)
 
 
-def check_conservation(
-    model: torch.nn.Module,
-    inputs: torch.Tensor,
-    method: str | Composite = DEFAULT_METHOD,
-    target: int | Sequence[int] | torch.Tensor | None = None,
-    start: str = "softmax",
-    tolerance: float = 1e-5,
-    batch_size: int | None = None,
-) -> ConservationReport:
-    """Attribute ``inputs`` and report the relevance at every residual block and at the input.
-
-    Parameters
-    ----------
-    model, inputs, method, target, start, batch_size
-        As for :py:func:`zennit_resnet_lrp.attribute`.
-    tolerance : float
-        The largest acceptable ``|input relevance - start| / |start|`` per sample.
-
-    Returns
-    -------
-    ConservationReport
-    """
-    result = attribute(model, inputs, method, target, start, batch_size=batch_size, record_blocks=True,
-                       tolerance=None)
-    return ConservationReport(result, tolerance)
+def worst_violation(result: "Attribution", conservative: bool, tolerance: float) -> int | None:
+    """The sample whose error exceeds ``tolerance`` the most, or None. For methods that do not promise conservation
+    only growth counts (a residual addition nobody split): the paper's variants lose relevance by design."""
+    error = result.conservation_error
+    if not conservative:
+        grew = (result.total - result.start) * result.start.sign() > 0
+        error = torch.where(grew, error, torch.zeros_like(error))
+    worst = int(error.argmax())
+    return worst if float(error[worst]) > tolerance else None
 
 
-def figure5(report: ConservationReport, path: str) -> None:
-    """Plot the paper's Fig. 5: the relevance sum at the input, the first and the last block against the start
-    relevance, one point per sample (needs matplotlib)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    result = report.attribution
-    start = result.start.cpu().numpy()
-    figure, axis = plt.subplots(figsize=(4.5, 4.5))
-    series = [("input", result.total)]
-    if result.blocks:
-        series += [(f"first block ({result.blocks[0].name})", result.blocks[0].input),
-                   (f"last block ({result.blocks[-1].name})", result.blocks[-1].input)]
-    for label, values in series:
-        axis.scatter(start, values.cpu().numpy(), s=12, label=label)
-    low, high = float(min(start.min(), 0)), float(start.max()) * 1.05 or 1.0
-    axis.plot([low, high], [low, high], "k--", linewidth=0.8, label="sum = start")
-    axis.set_xlabel("start relevance (target probability)")
-    axis.set_ylabel("sum of relevance")
-    axis.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+def locate(records: list[ModuleRelevance], start: float, tolerance: float, modules: dict) -> str:
+    """Name the innermost modules (at most three) whose input and output relevance differ by more than
+    ``tolerance * |start|``, from the records of one sample."""
+    records = [r for r in records if r.output.numel() == 1 and r.input.numel() == 1]
+    bad = [r for r in records if abs(float(r.input - r.output)) > tolerance * abs(start)]
+    innermost = [r for r in bad if not any(o.name.startswith(r.name + ".") for o in bad)]
+    return ", ".join(
+        f"'{r.name}' ({type(modules[r.name]).__name__}: {float(r.output):.4g} in, {float(r.input):.4g} out)"
+        for r in innermost[:3]
+    )
 
 
-__all__ = ["ConservationReport", "check_conservation", "figure5", "relative_error"]
+def violation_message(sample: int, ratio: float, error: float, tolerance: float, where: str) -> str:
+    """The warning's text: how far off the sample is and, if known, where relevance grows or is lost."""
+    if where and ratio > 1:
+        hint = (f"; it grows in {where}: a residual addition the canonizer does not know (x + f(x) in a custom "
+                "forward) doubles relevance; route it through zennit_resnet_lrp.ResidualSum")
+    elif where:
+        hint = f"; it is lost in {where}"
+    else:
+        hint = ""
+    return (f"input relevance is {ratio:.4g} x the start relevance for sample {sample} "
+            f"(error {error:.2%} > tolerance {tolerance:.2%}){hint}")

@@ -17,12 +17,18 @@ class ResidualSum(Sum):
     identity_skip : bool
         True when the skip is the identity (an "S-block"), False when it is a projection (``downsample``,
         a "D-block"). Splitting rules read this to treat the two kinds differently.
+
+    Attributes
+    ----------
+    separate_branches : bool
+        How :py:meth:`add` hands the branches to ``forward``: stacked (False, the default: zennit's ``Sum`` rules and
+        every hook read one input) or as two tensors (True: set while a rule that takes them separately, the fast
+        :py:class:`~zennit_resnet_lrp.rules.RelevanceSplit`, is registered; no stacking, no copy).
     """
 
     RESIDUAL = 0
     SKIP = 1
-    # set while a rule that takes the two branches separately is registered (see add)
-    pairwise = False
+    separate_branches = False
 
     def __init__(self, identity_skip: bool = True) -> None:
         super().__init__(dim=-1)
@@ -36,8 +42,8 @@ class ResidualSum(Sum):
 
     def add(self, residual: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         """Return ``residual + skip`` through this module, so that rules and hooks on it see both branches
-        (stacked, as zennit's ``Sum`` rules expect, unless the registered rule takes them separately)."""
-        if self.pairwise:
+        (stacked, as zennit's ``Sum`` rules expect, unless :py:attr:`separate_branches`)."""
+        if self.separate_branches:
             return self(residual, skip)
         return self(torch.stack([residual, skip], dim=-1))
 

@@ -2,13 +2,14 @@
 with the package (``scripts/train_demo.py`` trains them), with held-out digits to explain offline."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from .data import Preprocessing
-from .models import DEMO_MODELS, DemoModel
+from .images import Preprocessing
 
 DATA = Path(__file__).parent / "data"
 DIGITS = DATA / "digits"
@@ -59,11 +60,25 @@ def demo_bottleneck(num_classes: int = 10) -> SmallResNet:
     return SmallResNet(Bottleneck, widths=(32, 64, 128, 128), num_classes=num_classes)
 
 
+@dataclass
+class DemoModel:
+    """A small model shipped with the package: how to build it, its checkpoint and its preprocessing."""
+
+    build: Callable[[int], torch.nn.Module]
+    checkpoint: str
+    preprocessing: Preprocessing
+    categories: list[str]
+    num_classes: int = 10
+
+
 DIGIT_NAMES = [str(digit) for digit in range(10)]
-DEMO_MODELS["demo-mnist"] = DemoModel(demo_basic, str(DATA / "demo-mnist.pt"), MNIST_PREPROCESSING, DIGIT_NAMES)
-DEMO_MODELS["demo-mnist-bottleneck"] = DemoModel(
-    demo_bottleneck, str(DATA / "demo-mnist-bottleneck.pt"), MNIST_PREPROCESSING, DIGIT_NAMES
-)
+# model name -> the shipped model: names that --model and load_model() accept besides torchvision's
+DEMO_MODELS: dict[str, DemoModel] = {
+    "demo-mnist": DemoModel(demo_basic, str(DATA / "demo-mnist.pt"), MNIST_PREPROCESSING, DIGIT_NAMES),
+    "demo-mnist-bottleneck": DemoModel(
+        demo_bottleneck, str(DATA / "demo-mnist-bottleneck.pt"), MNIST_PREPROCESSING, DIGIT_NAMES
+    ),
+}
 DEFAULT_DEMO = "demo-mnist"
 
 

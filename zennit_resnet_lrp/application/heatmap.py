@@ -11,7 +11,7 @@ DIVERGING = {"bwr", "coldnhot", "france", "seismic", "coolio"}
 
 
 def quantize(heatmap: torch.Tensor, levels: int = 8) -> torch.Tensor:
-    """Heat quantization per map (paper-method.md section 4): ``bins = linspace(min, max, levels)``; each value in
+    """Heat quantization per map (docs/method.md, heat quantization): ``bins = linspace(min, max, levels)``; each value in
     ``[bins[i], bins[i+1])`` becomes ``bins[i]``, the maximum stays.
 
     Parameters
@@ -41,7 +41,7 @@ def _cumulative_threshold(values: torch.Tensor, percentile: float) -> torch.Tens
 
 
 def normalize(heatmap: torch.Tensor, sign: str = "positive", outlier_percent: float = 2.0) -> torch.Tensor:
-    """Display normalisation (paper-method.md section 5): keep the values of ``sign``, divide by the value at which
+    """Display normalisation (docs/method.md, display normalisation): keep the values of ``sign``, divide by the value at which
     the cumulative sum of the sorted values reaches ``100 - outlier_percent`` % of the total, clip to [-1, 1].
 
     Display only: the metrics use the raw maps.

@@ -4,11 +4,12 @@ import pytest
 import torch
 
 import zennit_resnet_lrp as lrp
-from zennit_resnet_lrp.data import image_folder, open_image
-from zennit_resnet_lrp.demo import DEMO_MODELS, demo_images, export_held_out, mnist_split
-from zennit_resnet_lrp.evaluate import EvaluationSettings, evaluate, read_rows, summarize
-from zennit_resnet_lrp.metrics import CurveSpec
-from zennit_resnet_lrp.models import load_model
+from zennit_resnet_lrp.application.images import open_image
+from zennit_resnet_lrp.evaluation.datasets import image_folder
+from zennit_resnet_lrp.application.demo import DEMO_MODELS, demo_images, export_held_out, mnist_split
+from zennit_resnet_lrp.evaluation.run import EvaluationSettings, evaluate, read_rows, summarize
+from zennit_resnet_lrp.evaluation.metrics import CurveSpec
+from zennit_resnet_lrp.application.models import load_model
 
 NAMES = list(DEMO_MODELS)
 
@@ -34,7 +35,7 @@ def test_accuracy_and_size(name, held_out):
 @pytest.mark.parametrize("name", NAMES)
 def test_default_conserves_on_trained_network(name, held_out):
     loaded = load_model(name)
-    biases = [m.bias for m in loaded.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    biases = [m.bias.detach() for m in loaded.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert all(float(b.abs().max()) > 0.01 for b in biases)  # real, non-zero BatchNorm biases
     pixels, _ = held_out
     inputs = loaded.preprocessing.normalize(torch.from_numpy(pixels[:200]).float() / 255)
@@ -72,4 +73,3 @@ def test_faithfulness_ranking_on_held_out_digits(tmp_path):
     assert ours >= scores["integrated_gradients"]
     assert ours >= scores["gradcam"] + 0.05
     assert ours >= scores["zennit_epsilon_plus_flat"] - 0.02
-    print(scores)

@@ -1,4 +1,5 @@
-"""Record how much relevance flows through chosen modules during one attribution."""
+"""Record how much relevance enters and leaves chosen modules during one attribution (for the conservation
+report and for locating where relevance appears or vanishes)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -96,17 +97,13 @@ class RelevanceRecorder:
 
     def _skip_hook(self, name):
         def hook(module, args):
-            if len(args) == 2:  # the branches handed over separately
-                if not args[1].requires_grad:
-                    return None
-                skip = args[1].clone()
-                skip.register_hook(self._store(name, "skip"))
-                return (args[0], skip)
-            if not args[0].requires_grad:
+            # the sum's inputs: the two branches, or both stacked on the last dimension (ResidualSum.add)
+            index = 1 if len(args) == 2 else 0
+            if not args[index].requires_grad:
                 return None
-            stacked = args[0].clone()
-            stacked.register_hook(self._store(name, "skip", ResidualSum.SKIP))
-            return (stacked,)
+            watched = args[index].clone()
+            watched.register_hook(self._store(name, "skip", None if index else ResidualSum.SKIP))
+            return (*args[:index], watched, *args[index + 1:])
         return hook
 
     def remove(self) -> None:

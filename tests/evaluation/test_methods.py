@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from zennit_resnet_lrp.methods import METHODS
-from zennit_resnet_lrp.models import load_model
+from zennit_resnet_lrp.evaluation.methods import METHODS
+from zennit_resnet_lrp.application.models import load_model
 
 
 @pytest.mark.parametrize("name", ["gradcam", "integrated_gradients", "gradient", "flows_skip"])

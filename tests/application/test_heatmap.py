@@ -1,8 +1,8 @@
-"""Heat quantization and display normalisation (paper-method.md sections 4 and 5) by hand."""
+"""Heat quantization and display normalisation (docs/method.md) by hand."""
 import pytest
 import torch
 
-from zennit_resnet_lrp.heatmap import montage, normalize, quantize, render
+from zennit_resnet_lrp.application.heatmap import montage, normalize, quantize, render
 
 
 def test_quantize_bins_and_maximum():

@@ -1,5 +1,5 @@
 """An independent reference of the paper's LRP for torchvision ResNets, written from the formulas of
-paper-method.md with plain tensor code (no zennit, no hooks, no autograd), for the tests to compare against.
+docs/method.md with plain tensor code (no zennit, no hooks, no autograd), for the tests to compare against.
 
 It walks the torchvision layout explicitly and counts the relevance each rule loses, by cause.
 """

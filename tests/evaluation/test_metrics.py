@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from zennit_resnet_lrp.metrics import CurveSpec, auc, curve_masks, insertion_deletion, perturbation_curves
+from zennit_resnet_lrp.evaluation.metrics import CurveSpec, auc, curve_masks, insertion_deletion, perturbation_curves
 
 
 class CountingModel(torch.nn.Module):

@@ -9,11 +9,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .attribution import attribute
-from .composites import DEFAULT_METHOD
-from .data import ImageError, open_image
+from ..attribution import attribute
+from ..composites import DEFAULT_METHOD
 from .files import write_atomic, write_csv, write_json
 from .heatmap import montage, normalize, overlay, quantize, render
+from .images import ImageError, open_image
 from .models import LoadedModel
 
 
@@ -27,7 +27,7 @@ class ExplainOptions:
     method: str = DEFAULT_METHOD
     target: int | None = None
     top_k: int = 1
-    start: str = "softmax"
+    start_with: str = "softmax"
     batch_size: int = 16
     cmap: str = "bwr"
     overlay: bool = False
@@ -76,13 +76,13 @@ def explain_images(
     """Explain every image in ``paths`` and write its files into ``output``.
 
     Images that cannot be read are skipped and returned as failures; every finished image's files are on disk
-    before the next batch starts, and ``summary.json`` / ``summary.csv`` are rewritten after every batch.
+    before the next batch starts, and ``summary.json`` / ``summary.csv`` are rewritten after every batch. The
+    folder is made when the first file is written: a run in which every image fails leaves nothing behind.
 
     Returns
     -------
     (explained, failures)
     """
-    output.mkdir(parents=True, exist_ok=True)
     device = next(loaded.model.parameters()).device
     dtype = next(loaded.model.parameters()).dtype
     results: list[Explained] = []
@@ -102,12 +102,12 @@ def explain_images(
             continue
         inputs = torch.stack(tensors).to(device=device, dtype=dtype)
         # the first attribution (the given label, or the top-1 class) also yields the ranking for the top-k
-        first = attribute(loaded.model, inputs, options.method, options.target, options.start, tolerance=None)
+        first = attribute(loaded.model, inputs, options.method, options.target, options.start_with, tolerance=None)
         ranked = first.output.argsort(1, descending=True)
         count = 1 if options.target is not None else min(options.top_k, ranked.shape[1])
         for k in range(count):
             result = first if k == 0 else attribute(loaded.model, inputs, options.method, ranked[:, k],
-                                                    options.start, tolerance=None)
+                                                    options.start_with, tolerance=None)
             maps = result.heatmap
             if options.heat_quantization:
                 maps = quantize(maps, options.hq_level)

@@ -3,20 +3,97 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
-from .data import ImageError, Sample, open_image
-from .heatmap import quantize
-from .methods import get_method
+from ..application.heatmap import quantize
+from ..application.images import ImageError, open_image
+from ..application.models import LoadedModel
+from .datasets import Sample
+from .methods import METHODS, MethodError, get_method
 from .metrics import CurveSpec, insertion_deletion
-from .models import LoadedModel
 
 SCORE_FILES = "scores*.jsonl"
+# what `resnet-lrp evaluate` compares when no --methods are given: the proposed method against the paper's baselines
+DEFAULT_METHODS = ("flows_skip", "zennit_epsilon_plus_flat", "lrp_epsilon_plain", "gradient", "integrated_gradients",
+                   "random")
+# the paper's curve step at 224x224; smaller images get this many points instead
+PAPER_STEP = 500
+SMALL_IMAGE_POINTS = 28
+
+
+def method_names(methods: str | Sequence[str] | None, *extra: str | None) -> list[str]:
+    """The methods to evaluate: a comma-separated list or sequence (``"all"`` for every method, None for
+    :py:data:`DEFAULT_METHODS`) followed by ``extra`` names not yet in it; each checked to exist."""
+    if methods is None:
+        names = list(DEFAULT_METHODS)
+    elif isinstance(methods, str):
+        names = list(METHODS) if methods == "all" else [n.strip() for n in methods.split(",") if n.strip()]
+    else:
+        names = list(methods)
+    names += [name for name in dict.fromkeys(extra) if name and name not in names]
+    unknown = [name for name in names if name not in METHODS]
+    if unknown:
+        raise MethodError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    return names
+
+
+def default_curve_spec(image_size: int, **options) -> CurveSpec:
+    """The paper's curves (a step of 500 pixels) for images of at least 112 pixels a side, else 28 points."""
+    if options.get("step") is None and options.get("points") is None:
+        if image_size >= 112:
+            options["step"] = PAPER_STEP
+        else:
+            options["points"] = SMALL_IMAGE_POINTS
+    return CurveSpec(**options)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's part of a run under torchrun (``rank`` of ``world``), and the device it should use."""
+
+    rank: int = 0
+    world: int = 1
+    device: str | None = None
+
+    @property
+    def leader(self) -> bool:
+        return self.rank == 0
+
+
+@contextmanager
+def sharded(device: str | torch.device) -> Iterator[Shard]:
+    """The process group of a torchrun launch (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``), set up for the run and
+    torn down after it: NCCL with one GPU per process when ``device`` asks for CUDA and there is one, else gloo.
+    Outside torchrun, a single shard on ``device``."""
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    if world == 1:
+        yield Shard(0, 1, str(device))
+        return
+    import torch.distributed as dist
+
+    use_cuda = str(device) != "cpu" and torch.cuda.is_available()
+    if use_cuda:
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    try:
+        yield Shard(rank, world, str(device))
+    finally:
+        dist.destroy_process_group()
+
+
+def barrier(shard: Shard) -> None:
+    """Wait for every process of the run (no-op outside torchrun)."""
+    if shard.world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
 
 
 @dataclass
@@ -26,7 +103,7 @@ class EvaluationSettings:
     Attributes
     ----------
     methods : list of str
-        Names from :py:data:`zennit_resnet_lrp.methods.METHODS`.
+        Names from :py:data:`zennit_resnet_lrp.evaluation.methods.METHODS`.
     spec : CurveSpec
         Curve step, patch size, baseline, ordering.
     batch_size : int
@@ -90,22 +167,19 @@ def evaluate(
             device = next(loaded.model.parameters()).device
             dtype = next(loaded.model.parameters()).dtype
             prep = loaded.preprocessing
-            bounds = tuple(
-                (torch.tensor([edge] * prep.channels) - torch.tensor(prep.mean)) / torch.tensor(prep.std)
-                for edge in (0.0, 1.0)
-            )
+            bounds = prep.bounds(dtype, device)
             for begin in range(0, len(mine), settings.images_per_step):
                 chunk = mine[begin:begin + settings.images_per_step]
                 todo = [s for s in chunk if any((model_id, str(s.path), m) not in done for m in settings.methods)]
-                units, kept = [], []
+                pixels, kept = [], []
                 for sample in todo:
                     try:
-                        units.append(prep.unit(open_image(sample.path)))
+                        pixels.append(prep.pixels(open_image(sample.path)))
                         kept.append(sample)
                     except ImageError as error:
                         failures.append((str(sample.path), str(error)))
-                if units:
-                    written += _score_chunk(loaded, model_id, kept, torch.stack(units).to(device, dtype), bounds,
+                if pixels:
+                    written += _score_chunk(loaded, model_id, kept, torch.stack(pixels).to(device, dtype), bounds,
                                             settings, done, sink)
                 if progress is not None:
                     progress(len(chunk))
@@ -121,10 +195,10 @@ def _drop_cut_line(path: Path) -> None:
         path.write_bytes(data[:data.rfind(b"\n") + 1])
 
 
-def _score_chunk(loaded, model_id, samples, units, bounds, settings, done, sink) -> int:
+def _score_chunk(loaded, model_id, samples, pixels, bounds, settings, done, sink) -> int:
     prep = loaded.preprocessing
-    inputs = prep.normalize(units)
-    labels = torch.tensor([s.label for s in samples], device=units.device)
+    inputs = prep.normalize(pixels)
+    labels = torch.tensor([s.label for s in samples], device=pixels.device)
     with torch.no_grad():
         predicted = loaded.model(inputs).argmax(1)
     targets = predicted if settings.explain == "predicted" else labels
@@ -133,11 +207,11 @@ def _score_chunk(loaded, model_id, samples, units, bounds, settings, done, sink)
         pending = [i for i, s in enumerate(samples) if (model_id, str(s.path), name) not in done]
         if not pending:
             continue
-        index = torch.tensor(pending, device=units.device)
+        index = torch.tensor(pending, device=pixels.device)
         maps = get_method(name)(loaded.model, inputs[index], targets[index], bounds).detach()
         if settings.heat_quantization:
             maps = quantize(maps, settings.heat_quantization)
-        scores = insertion_deletion(loaded.model, units[index], maps, labels[index], prep.normalize, settings.spec,
+        scores = insertion_deletion(loaded.model, pixels[index], maps, labels[index], prep.normalize, settings.spec,
                                     settings.batch_size)
         for row_index, sample_index in enumerate(pending):
             sample = samples[sample_index]
@@ -188,27 +262,3 @@ def format_markdown(table: Sequence[dict]) -> str:
         cells = [f"{100 * entry[m]:.1f} +- {100 * entry[m + '_std']:.1f}" for m in ("insertion", "deletion", "id")]
         lines.append(f"| {entry['method']} | {entry['images']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + f"\n\nvalues in %, mean +- std over {over}"
-
-
-def plot_curves(rows: Sequence[dict], path: Path) -> None:
-    """Mean insertion and deletion curves per method (needs matplotlib)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for method in dict.fromkeys(row["method"] for row in rows):
-        mine = [row for row in rows if row["method"] == method]
-        for axis, key in zip(axes, ("insertion_curve", "deletion_curve")):
-            curves = torch.tensor([row[key] for row in mine if len(row[key]) == len(mine[0][key])])
-            mean = curves.mean(0)
-            axis.plot(torch.linspace(0, 1, len(mean)), mean, label=method)
-    for axis, title in zip(axes, ("Insertion", "Deletion")):
-        axis.set_title(title)
-        axis.set_xlabel("fraction of pixels")
-        axis.set_ylabel("probability of the label")
-    axes[1].legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)

@@ -4,12 +4,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torchvision
 
-from .data import Preprocessing
+from .demo import DEMO_MODELS
+from .images import Preprocessing
 
 
 class ModelError(ValueError):
@@ -24,20 +24,6 @@ RESNET_FAMILY = tuple(
     name for name in torchvision.models.list_models(module=torchvision.models)
     if name.startswith(("resnet", "resnext", "wide_resnet"))
 )
-
-
-@dataclass
-class DemoModel:
-    """A small model shipped with the package: how to build it, its checkpoint and its preprocessing."""
-
-    build: Callable[[int], torch.nn.Module]
-    checkpoint: str
-    preprocessing: Preprocessing
-    categories: list[str]
-    num_classes: int = 10
-
-
-DEMO_MODELS: dict[str, DemoModel] = {}  # filled by zennit_resnet_lrp.demo
 
 
 @dataclass
@@ -57,8 +43,6 @@ class LoadedModel:
 
 
 def model_names() -> list[str]:
-    from . import demo  # noqa: F401  (registers the demo models)
-
     return [*DEMO_MODELS, *RESNET_FAMILY]
 
 
@@ -74,8 +58,6 @@ def load_model(
 
     Raises :py:class:`ModelError` with one line that names the problem and the fix.
     """
-    from . import demo  # noqa: F401  (registers the demo models)
-
     if name in DEMO_MODELS:
         spec = DEMO_MODELS[name]
         classes = num_classes or spec.num_classes

@@ -1,4 +1,4 @@
-"""Insertion, Deletion and the ID score (paper-method.md section 6), as batched tensor code."""
+"""Insertion, Deletion and the ID score (docs/method.md, metrics), as batched tensor code."""
 from __future__ import annotations
 
 import math

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from cli.main import cli
-from zennit_resnet_lrp.data import cub_test, image_folder, imagenet_val, subsample
-from zennit_resnet_lrp.demo import demo_images
-from zennit_resnet_lrp.evaluate import read_rows
-from zennit_resnet_lrp.methods import METHODS
+from zennit_resnet_lrp.cli.main import cli
+from zennit_resnet_lrp.evaluation.datasets import cub_test, image_folder, imagenet_val, subsample
+from zennit_resnet_lrp.application.demo import demo_images
+from zennit_resnet_lrp.evaluation.run import read_rows
+from zennit_resnet_lrp.evaluation.methods import METHODS
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def digits_by_label():
@@ -80,7 +80,7 @@ def test_every_method_on_an_image_folder(folder_tree, tmp_path):
 
 
 def test_cub_tree_resume_and_several_models(cub_tree, tmp_path):
-    weights = ROOT / "zennit_resnet_lrp" / "data" / "demo-mnist.pt"
+    weights = ROOT / "zennit_resnet_lrp" / "application" / "data" / "demo-mnist.pt"
     args = ["--dataset", "cub", "--dataset-root", cub_tree, "--points", 5, "-o", tmp_path,
             "--weights", weights, "--weights", weights, "--heat-quantization"]
     first = evaluate(*args, "--methods", "flows_skip")
@@ -112,12 +112,13 @@ def test_torchrun_two_processes_match_one(folder_tree, tmp_path):
     args = ["evaluate", "--dataset", "folder", "--dataset-root", str(folder_tree), "--methods",
             "flows_skip,gradient", "--points", 7, "--device", "cpu"]
     args = [str(a) for a in args]
-    single = subprocess.run([sys.executable, "-m", "cli.main", *args, "-o", str(tmp_path / "one")],
+    command = ["-m", "zennit_resnet_lrp.cli.main", *args]
+    single = subprocess.run([sys.executable, *command, "-o", str(tmp_path / "one")],
                             capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert single.returncode == 0, single.stderr
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     double = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                             "--master_port", "29517", "-m", "cli.main", *args, "-o", str(tmp_path / "two")],
+                             "--master_port", "29517", *command, "-o", str(tmp_path / "two")],
                             capture_output=True, text=True, cwd=ROOT, timeout=600, env=env)
     assert double.returncode == 0, double.stderr[-2000:]
     assert sorted((tmp_path / "two").glob("scores*.jsonl")) == [tmp_path / "two" / f"scores.rank{r}.jsonl"
@@ -131,7 +132,7 @@ def test_torchrun_two_processes_match_one(folder_tree, tmp_path):
 
 
 def test_config_with_one_checkpoint_and_shipped_configs(tmp_path):
-    weights = ROOT / "zennit_resnet_lrp" / "data" / "demo-mnist.pt"
+    weights = ROOT / "zennit_resnet_lrp" / "application" / "data" / "demo-mnist.pt"
     config = tmp_path / "run.json"
     config.write_text(json.dumps({"model": "demo-mnist", "weights": str(weights), "limit": 2, "batch_size": 32}))
     result = evaluate("-c", config, "--methods", "random", "--points", 4, "-o", tmp_path / "out")

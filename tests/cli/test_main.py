@@ -2,7 +2,6 @@
 import json
 import shutil
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -12,10 +11,10 @@ from click.testing import CliRunner
 from PIL import Image
 
 import zennit_resnet_lrp as lrp
-from cli.main import cli
-from zennit_resnet_lrp.data import open_image
-from zennit_resnet_lrp.demo import demo_images
-from zennit_resnet_lrp.models import load_model
+from zennit_resnet_lrp.cli.main import cli
+from zennit_resnet_lrp.application.images import open_image
+from zennit_resnet_lrp.application.demo import demo_images
+from zennit_resnet_lrp.application.models import load_model
 
 DIGITS = demo_images()
 
@@ -81,7 +80,7 @@ def test_explain_npy_equals_library(tmp_path):
 
 def test_explain_label_quantization_normalize(tmp_path):
     result = run("explain", DIGITS[0], "--label", 3, "--heat-quantization", "--hq-level", 4, "--normalize",
-                 "--sign", "absolute_value", "--cmap", "hot", "-o", tmp_path, "--start", "one")
+                 "--sign", "absolute_value", "--cmap", "hot", "-o", tmp_path, "--start-with", "one")
     assert result.exit_code == 0, result.output
     with Image.open(tmp_path / f"{DIGITS[0].stem}_3_heatmap.png") as image:
         colours = image.getcolors()
@@ -142,7 +141,7 @@ def test_version_and_help():
     (["explain", "--model", "resnet9000"], 2, "unknown model 'resnet9000'"),
     (["explain", "--method", "nope"], 2, "unknown method 'nope'"),
     (["explain", "--model", "resnet18", "--weights", "IMAGENET9K"], 2, "unknown weights 'IMAGENET9K'"),
-    (["explain", "--label", "10"], 2, "10 is out of range for demo-mnist with 10 classes"),
+    (["explain", "--label", "10"], 2, "target 10 is out of range for a model with 10 classes (0..9)"),
     (["explain", "--cmap", "rainbow"], 2, "unknown colour map"),
     (["explain", "--method", "latest", "--skip-connection-prop-type", "simple"], 2, "disagree"),
     (["check", "--mean", "0.1,0.2"], 2, "takes 1 channel(s), got 2 values"),
@@ -166,20 +165,20 @@ def test_empty_folder_and_bad_config(tmp_path):
 
 
 def test_checkpoint_that_does_not_fit(tmp_path, checkpoint):
-    image = DIGITS[0]
-    assert_one_line_error(run("explain", image, "--model", "resnet18", "--weights", checkpoint), 1,
+    image, output = DIGITS[0], tmp_path / "out"
+    assert_one_line_error(run("explain", image, "--model", "resnet18", "--weights", checkpoint, "-o", output), 1,
                           "fc.weight is (5, 512) in the checkpoint but (1000, 512)", "--num-classes 5")
     partial = tmp_path / "partial.pt"
     state = torch.load(checkpoint, weights_only=True)
     state.pop("layer4.1.bn2.bias")
     torch.save({"state_dict": state, "epoch": 3}, partial)
-    assert_one_line_error(run("explain", image, "--model", "resnet18", "--num-classes", 5, "--weights", partial), 1,
-                          "missing keys layer4.1.bn2.bias")
+    assert_one_line_error(run("explain", image, "--model", "resnet18", "--num-classes", 5, "--weights", partial,
+                              "-o", output), 1, "missing keys layer4.1.bn2.bias")
     pickled = tmp_path / "pickled.pt"
     torch.save({"model": torch.nn.Linear(2, 2)}, pickled)  # not weights-only loadable: never unpickled
-    assert_one_line_error(run("explain", image, "--model", "resnet18", "--weights", pickled), 1,
+    assert_one_line_error(run("explain", image, "--model", "resnet18", "--weights", pickled, "-o", output), 1,
                           "not a readable weights-only checkpoint")
-    assert not list(tmp_path.glob("resnet-lrp-out/*"))
+    assert not output.exists()  # nothing was explained: no output folder left behind
 
 
 def test_bad_image_among_good_ones(tmp_path):

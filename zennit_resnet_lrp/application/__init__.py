@@ -1,0 +1,1 @@
+"""The application layer: models and images in, heatmaps and files out, on top of the core."""

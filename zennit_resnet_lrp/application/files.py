@@ -1,0 +1,68 @@
+"""Files out, whole or not at all: every writer goes through a temporary file and a rename; output paths are
+checked before any work starts."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+from typing import Callable, Sequence
+
+
+class OutputError(ValueError):
+    """An output path that cannot be written."""
+
+
+def check_output_folder(path: str | os.PathLike) -> Path:
+    """Raise :py:class:`OutputError` unless files can be written into ``path`` (made later if missing): no part of
+    it is a file, and the nearest folder that exists is writable. Creates nothing."""
+    path = Path(path)
+    for existing in (path, *path.parents):
+        if not existing.exists():
+            continue
+        if not existing.is_dir():
+            raise OutputError(f"cannot write to {path}: {existing} is a file, not a folder")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise OutputError(f"cannot write to {path}: {existing} is not writable")
+        break
+    return path
+
+
+def check_output_file(path: str | os.PathLike) -> Path:
+    """Raise :py:class:`OutputError` unless the file ``path`` can be written (see :py:func:`check_output_folder`)."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"cannot write to {path}: it is a folder; give a file name")
+    check_output_folder(path.parent)
+    return path
+
+
+def write_atomic(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
+    """Write through a temporary file and rename, so a file is either complete or absent; missing folders are
+    made."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.partial")
+    try:
+        with open(temporary, "wb") as handle:
+            write(handle)
+        os.replace(temporary, path)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
+
+
+def write_json(path: Path, data) -> None:
+    text = (json.dumps(data, indent=2) + "\n").encode()
+    write_atomic(path, lambda handle: handle.write(text))
+
+
+def write_csv(path: Path, rows: Sequence[dict], fields: Sequence[str] | None = None) -> None:
+    """Rows of dicts as CSV, columns ``fields`` (the first row's keys by default)."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, list(fields if fields is not None else (rows[0] if rows else [])))
+    writer.writeheader()
+    writer.writerows(rows)
+    data = text.getvalue().encode()
+    write_atomic(path, lambda handle: handle.write(data))

@@ -1,0 +1,118 @@
+"""Images in: finding image files, reading them with PIL, and the network's preprocessing."""
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from ..composites import IMAGENET_MEAN, IMAGENET_STD, box_bounds
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+
+class ImageError(ValueError):
+    """An image that cannot be found, read or decoded."""
+
+
+@dataclass
+class Preprocessing:
+    """Resize the shorter side, center-crop, scale to [0, 1] and normalise: the paper's test transform by default.
+
+    Attributes
+    ----------
+    resize : int
+        Length of the shorter side after resizing (256); 0 to skip.
+    crop : int
+        Side of the square center crop (224); 0 to skip.
+    mean, std : sequence of float
+        Per-channel normalisation (ImageNet's by default).
+    channels : int
+        3 for RGB, 1 for grayscale models.
+    """
+
+    resize: int = 256
+    crop: int = 224
+    mean: Sequence[float] = field(default=IMAGENET_MEAN)
+    std: Sequence[float] = field(default=IMAGENET_STD)
+    channels: int = 3
+
+    def image(self, image: Image.Image) -> Image.Image:
+        """The resized and cropped image (what the network sees, before normalisation)."""
+        image = image.convert("L" if self.channels == 1 else "RGB")
+        if self.resize:
+            width, height = image.size
+            scale = self.resize / min(width, height)
+            image = image.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.BILINEAR)
+        if self.crop:
+            width, height = image.size
+            left, top = (width - self.crop) // 2, (height - self.crop) // 2
+            image = image.crop((left, top, left + self.crop, top + self.crop))
+        return image
+
+    def pixels(self, image: Image.Image) -> torch.Tensor:
+        """The cropped image as a (C, H, W) tensor of pixel values in [0, 1] (before normalisation)."""
+        array = np.asarray(self.image(image), dtype=np.float32) / 255.0
+        if array.ndim == 2:
+            array = array[:, :, None]
+        return torch.from_numpy(array.transpose(2, 0, 1).copy())
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Normalise a [0, 1] tensor (C, H, W) or batch (N, C, H, W)."""
+        shape = (-1, 1, 1)
+        mean = torch.as_tensor(self.mean, dtype=pixels.dtype, device=pixels.device).view(shape)
+        std = torch.as_tensor(self.std, dtype=pixels.dtype, device=pixels.device).view(shape)
+        return (pixels - mean) / std
+
+    def bounds(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> tuple:
+        """``(low, high)``, each (1, C, 1, 1): the normalised values of pixel 0 and 1, for box rules."""
+        return box_bounds(self.mean, self.std, dtype, device)
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return self.normalize(self.pixels(image))
+
+
+def open_image(path: str | os.PathLike) -> Image.Image:
+    """Read an image fully (grayscale, RGBA, palette and CMYK are all fine); raise :py:class:`ImageError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"{path}: no such image file")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode not in ("RGB", "L"):
+                # palette with transparency and CMYK go through RGBA/RGB so colours come out right
+                image = image.convert("RGBA" if "transparency" in image.info or image.mode in ("P", "LA") else "RGB")
+                if image.mode == "RGBA":
+                    image = image.convert("RGB")
+            return image.copy()
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        raise ImageError(f"{path}: not a readable image ({error.__class__.__name__}: {error})") from None
+
+
+def find_images(paths: Iterable[str]) -> list[Path]:
+    """Expand files, folders (recursively, image suffixes only) and glob patterns into a sorted list of files.
+
+    Raises :py:class:`ImageError` for a path that matches nothing or a folder without images.
+    """
+    found: list[Path] = []
+    for item in paths:
+        matches = [Path(match) for match in sorted(glob.glob(item, recursive=True))] if glob.has_magic(item) else [Path(item)]
+        if not matches:
+            raise ImageError(f"{item}: no file matches this pattern")
+        for match in matches:
+            if match.is_dir():
+                images = sorted(p for p in match.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+                if not images:
+                    raise ImageError(f"{match}: folder holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+                found += images
+            elif match.exists():
+                found.append(match)
+            else:
+                raise ImageError(f"{match}: no such file or folder")
+    return list(dict.fromkeys(found))
