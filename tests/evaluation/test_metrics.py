@@ -19,7 +19,7 @@ def sigmoid(value):
     return 1 / (1 + math.exp(-value))
 
 
-def curves(maps, spec, size=None):
+def curves(maps, spec):
     height, width = maps.shape[-2:]
     images = torch.ones(1, 1, height, width)
     return perturbation_curves(CountingModel(), images, maps[None], torch.tensor([0]), lambda x: x, spec)

@@ -6,6 +6,7 @@ normalised pixel values per channel (for box rules); the model is left as it was
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Callable
 from unittest import mock
@@ -64,6 +65,7 @@ class Method:
 
 def _first_sentence(text: str | None) -> str:
     paragraph = " ".join((text or "").strip().split("\n\n")[0].split())
+    paragraph = re.sub(r"\s*:\w+(:\w+)?:`[^`]*`", "", paragraph)  # Sphinx roles: citations, cross-references
     return paragraph.split(". ")[0].rstrip(".").replace("``", "")
 
 
