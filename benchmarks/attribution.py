@@ -2,6 +2,7 @@
 
     python benchmarks/attribution.py                      # resnet18 and resnet50, batches 1, 8, 32, CPU
     python benchmarks/attribution.py --device cuda --autocast bf16
+    python benchmarks/attribution.py --models resnet50,timm/resnet50 --batches 1,8   # timm's ResNet, traced
 
 Time: for each (model, batch) one process runs all methods round-robin, --repeats rounds after a warm-up round
 (CUDA events on a GPU). It reports each method's median in ms per image, and its ratio to the plain gradient as the
@@ -39,7 +40,12 @@ def make_call(model_name: str, batch: int, spec: str, device: str, size: int):
 
     method = spec.removesuffix(CHANNELS_LAST)
     torch.manual_seed(0)
-    model = getattr(torchvision.models, model_name)().eval().to(device)
+    if model_name.startswith("timm/"):
+        import timm
+
+        model = timm.create_model(model_name.split("/", 1)[1], pretrained=False).eval().to(device)
+    else:
+        model = getattr(torchvision.models, model_name)().eval().to(device)
     inputs = torch.randn(batch, 3, size, size, device=device)
     if spec.endswith(CHANNELS_LAST):
         inputs = inputs.contiguous(memory_format=torch.channels_last)

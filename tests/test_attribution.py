@@ -78,26 +78,30 @@ def test_bad_arguments_raise(resnet18, inputs, kwargs, message):
         lrp.attribute(resnet18, inputs, **kwargs)
 
 
-class UnknownResidual(torch.nn.Module):
-    """A residual block the canonizer does not know: it adds x + f(x) itself."""
+class UntraceableResidual(torch.nn.Module):
+    """A residual block that torch.fx cannot trace: its forward branches on a tensor's value."""
 
     def __init__(self):
         super().__init__()
         self.body = torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3, padding=1), torch.nn.ReLU())
 
     def forward(self, x):
-        return x + self.body(x)
+        if x.sum() > 0:
+            return x + self.body(x)
+        return self.body(x) + x
 
 
-@pytest.mark.filterwarnings("ignore:Sequential has no torchvision")
-def test_unknown_residual_block_warns_and_names_it():
+@pytest.mark.filterwarnings("ignore:found no residual addition")
+def test_untraceable_residual_block_warns_and_names_it():
     torch.manual_seed(0)
     model = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), UnknownResidual(), torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), UntraceableResidual(), torch.nn.AdaptiveAvgPool2d(1),
         torch.nn.Flatten(), torch.nn.Linear(4, 3),
     ).double()
-    with pytest.warns(lrp.ConservationWarning, match=r"'2' \(UnknownResidual"):
-        lrp.attribute(model, make_inputs(1, 8))
+    with pytest.warns(lrp.ResidualTracingWarning, match=r"could not trace '2' \(UntraceableResidual.*ResidualSum"), \
+            pytest.warns(lrp.ConservationWarning, match=r"'2' \(UntraceableResidual"):
+        result = lrp.attribute(model, make_inputs(1, 8))
+    assert [name for name, _, _ in result.untraced] == ["2"]
 
 
 def test_conserving_method_does_not_warn(resnet18, inputs):

@@ -71,7 +71,7 @@ def test_composite_on_model_without_blocks_warns_and_works():
         torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
         torch.nn.Linear(4, 3),
     ).double()
-    with pytest.warns(UserWarning, match="no torchvision BasicBlock"):
+    with pytest.warns(UserWarning, match="found no residual addition in Sequential"):
         result = lrp.attribute(model, make_inputs(2, 16))
     assert result.relevance.shape == (2, 3, 16, 16)
 

@@ -6,7 +6,7 @@ writes heatmaps, ``zennit_resnet_lrp.evaluation`` measures faithfulness, ``zenni
 line. Each layer imports only the ones before it.
 """
 from .attribution import Attribution, AttributionError, START_WITH, attribute, check_conservation
-from .canonizers import MergeBatchNorm, ResidualCanonizer, residual_blocks
+from .canonizers import MergeBatchNorm, ResidualCanonizer, ResidualTracingWarning, residual_blocks
 from .composites import (
     DEFAULT_METHOD, IMAGENET_MEAN, IMAGENET_STD, OUR_COMPOSITES, PAPER_VARIANTS, EpsilonAlpha2Beta1Split,
     EpsilonGammaBoxSplit, EpsilonPlusFlatSplit, FlowsSkip, FlowsSkipConservative, FlowsSkipSimple, Latest,
@@ -14,10 +14,10 @@ from .composites import (
 )
 from .conservation import DEFAULT_TOLERANCE, ConservationReport, ConservationWarning, relative_error
 from .core import RelevanceRule
-from .layer import ResidualSum
+from .layer import FunctionalPool, GatedProduct, ResidualSum
 from .recording import ModuleRelevance, RelevanceRecorder
 from .rules import (
-    FlatInputZPlus, MaxPoolAverageStandIn, MaxPoolProportional, MaxPoolWinnerTakesAll, PassThrough, PoolProportional,
+    FlatInputZPlus, GateAsWeight, MaxPoolAverageStandIn, MaxPoolProportional, MaxPoolWinnerTakesAll, PassThrough, PoolProportional,
     PositiveProportional, RelevanceSplit, ZPlus,
 )
 from .snapshot import ModelSnapshot, evaluating

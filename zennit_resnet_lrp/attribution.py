@@ -9,12 +9,13 @@ from typing import Sequence
 import torch
 from zennit.core import Composite
 
-from .canonizers import residual_blocks
+from .canonizers import ResidualCanonizer, residual_blocks
 from .composites import DEFAULT_METHOD, ResidualComposite, UnknownCompositeError, make_composite
 from .conservation import (
     DEFAULT_TOLERANCE, WARNING_TOLERANCE, ConservationReport, ConservationWarning, locate, relative_error,
     violation_message, worst_violation,
 )
+from .layer import ResidualSum
 from .recording import ModuleRelevance, RelevanceRecorder
 from .snapshot import evaluating
 
@@ -42,6 +43,9 @@ class Attribution:
         The model's output (logits), shape (N, K).
     blocks : list of ModuleRelevance or None
         Relevance entering and leaving each residual block, when ``record_blocks`` was asked for.
+    untraced : list of (str, str, str)
+        ``(name, class name, reason)`` of modules the residual canonizer could not trace (their additions and gates
+        were not routed).
     """
 
     relevance: torch.Tensor
@@ -49,6 +53,7 @@ class Attribution:
     start: torch.Tensor
     output: torch.Tensor
     blocks: list[ModuleRelevance] | None = field(default=None)
+    untraced: list[tuple[str, str, str]] = field(default_factory=list)
 
     @property
     def heatmap(self) -> torch.Tensor:
@@ -179,11 +184,6 @@ def attribute(
         composite = make_composite(method, bounds)
     except UnknownCompositeError as error:
         raise AttributionError(str(error)) from None
-    if isinstance(composite, ResidualComposite) and not residual_blocks(model):
-        warnings.warn(
-            f"{type(model).__name__} has no torchvision BasicBlock or Bottleneck: no relevance splitting applies",
-            stacklevel=2,
-        )
     if target is not None:
         target = _target_tensor(target, inputs.shape[0])
     result = _run(model, inputs, composite, target, start_with, batch_size or inputs.shape[0], record_blocks)
@@ -227,6 +227,10 @@ def _run(model, inputs, composite, target, start_with, size, record_blocks, watc
     with evaluating(model):
         try:
             composite.register(model)
+            if watch is None and isinstance(composite, ResidualComposite) and not any(
+                    isinstance(module, ResidualSum) for module in model.modules()):
+                warnings.warn(f"found no residual addition in {type(model).__name__}: no relevance splitting applies",
+                              stacklevel=3)
             if record_blocks or watch is not None:
                 modules = dict(model.named_modules())
                 names = watch if watch is not None else [name for name, _ in residual_blocks(model)]
@@ -251,7 +255,9 @@ def _run(model, inputs, composite, target, start_with, size, record_blocks, watc
                 recorder.remove()
             composite.remove()
     relevance, chosen, values, outputs = (torch.cat(column) for column in zip(*chunks))
-    return Attribution(relevance, chosen, values, outputs, blocks)
+    untraced = [entry for canonizer in getattr(composite, "canonizers", [])
+                if isinstance(canonizer, ResidualCanonizer) for entry in canonizer.untraced]
+    return Attribution(relevance, chosen, values, outputs, blocks, untraced)
 
 
 def _warn_if_not_conserved(model, inputs, composite, result, start_with, tolerance) -> None:

@@ -1,9 +1,10 @@
-"""Canonizers for torchvision residual blocks.
+"""Canonizers: residual additions (and gates) made explicit modules, and batch norms merged.
 
 A canonizer gives a model the form the rules need and is undone by ``remove()``, as in zennit.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Callable
 
 import torch
@@ -14,8 +15,13 @@ from zennit.types import BatchNorm, Linear
 
 from .layer import ResidualSum
 from .snapshot import ModelSnapshot
+from .tracing import TraceFailure, may_add_or_gate, rewrite, traceable
 
 SUM_NAME = "residual_sum"
+
+
+class ResidualTracingWarning(UserWarning):
+    """A module whose forward could not be traced: additions or gates in it are not routed."""
 
 
 def _basic_block_forward(self: BasicBlock, x: torch.Tensor) -> torch.Tensor:
@@ -33,7 +39,8 @@ def _bottleneck_forward(self: Bottleneck, x: torch.Tensor) -> torch.Tensor:
     return self.relu(getattr(self, SUM_NAME).add(out, skip))
 
 
-# block type -> forward that routes the residual addition through a ResidualSum; subclasses match too
+# block type -> forward that routes the residual addition through a ResidualSum, written out: the direct path for
+# torchvision's blocks (and subclasses), no tracing needed
 BLOCK_FORWARDS: dict[type, Callable] = {
     BasicBlock: _basic_block_forward,
     Bottleneck: _bottleneck_forward,
@@ -41,8 +48,11 @@ BLOCK_FORWARDS: dict[type, Callable] = {
 
 
 def residual_blocks(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
-    """Return ``(name, block)`` for every block of ``model`` that :py:class:`ResidualCanonizer` handles."""
-    return [(name, module) for name, module in model.named_modules() if _block_forward(module) is not None]
+    """``(name, module)`` for every residual block of ``model``: each module that holds a :py:class:`ResidualSum`
+    (routed by a canonizer while one is applied, or by hand), and each torchvision block (handled without tracing)."""
+    return [(name, module) for name, module in model.named_modules()
+            if _block_forward(module) is not None
+            or any(isinstance(child, ResidualSum) for child in module.children())]
 
 
 def _block_forward(module: torch.nn.Module) -> Callable | None:
@@ -50,47 +60,86 @@ def _block_forward(module: torch.nn.Module) -> Callable | None:
 
 
 class ResidualCanonizer(Canonizer):
-    """Route the addition of every torchvision ``BasicBlock`` and ``Bottleneck`` through a :py:class:`ResidualSum`.
+    """Route every residual addition of a model through a :py:class:`ResidualSum`, and every multiplicative gate
+    through a :py:class:`~zennit_resnet_lrp.layer.GatedProduct`.
 
-    Works on any model built from these blocks (resnet18 to resnet152, resnext, wide_resnet, custom models).
+    torchvision's ``BasicBlock`` and ``Bottleneck`` (resnet18-152, resnext, wide_resnet and models built from them)
+    get a forward written out for them. Every other module whose forward is its own code is traced with ``torch.fx``
+    (:py:mod:`zennit_resnet_lrp.tracing`), module by module: timm's ResNets, pre-activation blocks, RegNet,
+    squeeze-excitation and hand-written blocks. A module that cannot be traced is left as it is, with a
+    :py:class:`ResidualTracingWarning` naming it (see :py:attr:`untraced`).
 
     Parameters
     ----------
     merge_batchnorm : bool
         Also merge every batch norm into the linear layer right before it (:py:class:`MergeBatchNorm`), as zennit's
         ``ResNetCanonizer`` does for its composites. Off for the paper's rules, which let relevance pass BN.
+    trace : bool
+        Trace modules other than torchvision's blocks.
+    direct : bool
+        Use the written-out forward for torchvision's blocks (False traces them too: the same result, slower).
+
+    Attributes
+    ----------
+    untraced : list of (str, str, str)
+        After ``apply``: ``(name, class name, reason)`` of every module that could not be traced and may add or gate.
     """
 
-    def __init__(self, merge_batchnorm: bool = False) -> None:
-        self.merge_batchnorm = merge_batchnorm
+    def __init__(self, merge_batchnorm: bool = False, trace: bool = True, direct: bool = True) -> None:
+        self.merge_batchnorm, self.trace, self.direct = merge_batchnorm, trace, direct
+        self.untraced: list[tuple[str, str, str]] = []
         self.module = None
+        self.added: list[str] = []
 
     def apply(self, root_module: torch.nn.Module) -> list[Canonizer]:
         instances: list[Canonizer] = []
-        for _, module in residual_blocks(root_module):
-            instance = ResidualCanonizer(self.merge_batchnorm)
-            instance.register(module)
-            instances.append(instance)
+        self.untraced = []
+        for name, module in list(root_module.named_modules()):
+            forward = _block_forward(module) if self.direct else None
+            if forward is not None:
+                instance = self.copy()
+                instance.register(module)
+                instances.append(instance)
+                continue
+            if not self.trace or not traceable(module) or "forward" in module.__dict__:
+                continue  # an instance forward is someone else's rewrite: leave it
+            try:
+                routed = rewrite(module)
+            except TraceFailure as failure:
+                if may_add_or_gate(module):
+                    self.untraced.append((name, type(module).__name__, str(failure)))
+                    warnings.warn(
+                        f"could not trace '{name}' ({type(module).__name__}: {failure}); residual additions in it are "
+                        "not split: route them by hand with zennit_resnet_lrp.ResidualSum().add(residual, skip)",
+                        ResidualTracingWarning, stacklevel=2,
+                    )
+                continue
+            if routed is not None:
+                instance = self.copy()
+                instance.module, instance.added = module, routed.install(module)
+                instances.append(instance)
         if self.merge_batchnorm:
             instances += MergeBatchNorm().apply(root_module)
         return instances
 
     def register(self, module: torch.nn.Module) -> None:
-        """Give ``module`` a :py:class:`ResidualSum` child and a forward that uses it."""
+        """Give a torchvision block a :py:class:`ResidualSum` child and a forward that uses it."""
         self.module = module
         module.forward = _block_forward(module).__get__(module)
         setattr(module, SUM_NAME, ResidualSum(identity_skip=module.downsample is None))
+        self.added = [SUM_NAME]
 
     def remove(self) -> None:
-        """Drop the instance forward (the class's own applies again) and the sum module."""
+        """Drop the instance forward (the class's own applies again) and the added modules."""
         if self.module is not None:
-            # tolerant: a snapshot restore may already have put the block back
+            # tolerant: a snapshot restore may already have put the module back
             self.module.__dict__.pop("forward", None)
-            self.module._modules.pop(SUM_NAME, None)
+            for name in self.added:
+                self.module._modules.pop(name, None)
             self.module = None
 
     def copy(self) -> "ResidualCanonizer":
-        return ResidualCanonizer(self.merge_batchnorm)
+        return ResidualCanonizer(self.merge_batchnorm, self.trace, self.direct)
 
 
 class MergeBatchNorm(Canonizer):

@@ -16,9 +16,9 @@ from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetBottleneckCanoni
 from zennit.types import Activation, BatchNorm
 
 from .canonizers import ResidualCanonizer
-from .layer import ResidualSum
+from .layer import FunctionalPool, GatedProduct, ResidualSum
 from .rules import (
-    DROP, FLAT, FlatInputZPlus, MaxPoolAverageStandIn, MaxPoolProportional, MaxPoolWinnerTakesAll, PassThrough,
+    DROP, FLAT, FlatInputZPlus, GateAsWeight, MaxPoolAverageStandIn, MaxPoolProportional, MaxPoolWinnerTakesAll, PassThrough,
     PoolProportional, RelevanceSplit, ZPlus,
 )
 from .snapshot import ModelSnapshot, protected
@@ -27,7 +27,7 @@ LayerMap = Sequence[tuple[tuple[type, ...] | type, Hook]]
 
 CONVOLUTION = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
 AVERAGE_POOL = (torch.nn.AdaptiveAvgPool1d, torch.nn.AdaptiveAvgPool2d, torch.nn.AdaptiveAvgPool3d,
-                torch.nn.AvgPool1d, torch.nn.AvgPool2d, torch.nn.AvgPool3d)
+                torch.nn.AvgPool1d, torch.nn.AvgPool2d, torch.nn.AvgPool3d, FunctionalPool)
 MAXPOOL_RULES = {
     "average_stand_in": MaxPoolAverageStandIn,
     "proportional": MaxPoolProportional,
@@ -161,6 +161,7 @@ class ResNetLRP(ResidualComposite, SpecialFirstLayerMapComposite):
                              and isinstance(maxpool_rule, (MaxPoolProportional, MaxPoolWinnerTakesAll)))
         layer_map = list(layer_map or []) + [
             (ResidualSum, RelevanceSplit(self.split, self.split_identity, fast=fast)),
+            (GatedProduct, GateAsWeight(fast=fast)),
             (CONVOLUTION, ZPlus(**rule_args)),
             (torch.nn.Linear, ZPlus(**rule_args)),
             (BatchNorm, PassThrough(fast=fast)),
@@ -220,15 +221,16 @@ class FlowsSkipConservative(FlowsSkip):
 
 
 class SplitCounterpart(ResidualComposite):
-    """Mixin for zennit's composites: Relevance Splitting (``split``, ``split_identity``) at the residual sums in
-    front of the composite's own table (where zennit puts ``Norm``), batch norms merged as zennit's
+    """Mixin for zennit's composites: Relevance Splitting (``split``, ``split_identity``) at the residual sums and
+    gates as weights, in front of the composite's own table (where zennit puts ``Norm``), batch norms merged as zennit's
     ``ResNetCanonizer`` does; every keyword of the zennit composite is accepted."""
 
     merge_batchnorm = True
 
     def __init__(self, split: str = "ratio", split_identity: bool = True, layer_map: LayerMap | None = None,
                  canonizers: Sequence[Canonizer] | None = None, **kwargs) -> None:
-        layer_map = [(ResidualSum, RelevanceSplit(split, split_identity))] + list(layer_map or [])
+        layer_map = [(ResidualSum, RelevanceSplit(split, split_identity)), (GatedProduct, GateAsWeight())] \
+            + list(layer_map or [])
         super().__init__(layer_map=layer_map, canonizers=self._with_residual_canonizer(canonizers), **kwargs)
 
 
@@ -239,7 +241,7 @@ class EpsilonPlusFlatSplit(SplitCounterpart, EpsilonPlusFlat):
 
 @register_composite("epsilon_gamma_box_split")
 class EpsilonGammaBoxSplit(SplitCounterpart, EpsilonGammaBox):
-    """zennit's ``EpsilonGammaBox`` with Relevance Splitting at the residual sums instead of ``Norm``; ``low`` and
+    """zennit's ``EpsilonGammaBox`` with Relevance Splitting at the residual sums instead of ``Norm``. ``low`` and
     ``high`` default to the bounds of ImageNet-normalised images (:py:func:`box_bounds`)."""
 
     def __init__(self, low: torch.Tensor | None = None, high: torch.Tensor | None = None, **kwargs) -> None:

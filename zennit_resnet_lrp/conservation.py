@@ -82,6 +82,8 @@ class ConservationReport:
             "error": self.error.tolist(),
             "target": result.target.tolist(),
             "blocks": self.rows(),
+            "untraced": [{"module": name, "class": kind, "reason": reason}
+                         for name, kind, reason in self.attribution.untraced],
         }
 
     def format_table(self) -> str:
@@ -97,6 +99,8 @@ class ConservationReport:
                 f"{'-' if share is None else format(float(share.mean()), '.4f'):>10} "
                 f"{float((block.leak / start).mean()):>11.3e}"
             )
+        for name, kind, reason in self.attribution.untraced:
+            lines.append(f"{name:<16} not traced ({kind}: {reason}): its additions are not split")
         worst = float(self.error.max())
         verdict = "PASS" if self.passed else "FAIL"
         lines.append(

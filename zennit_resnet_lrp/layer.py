@@ -49,3 +49,53 @@ class ResidualSum(Sum):
 
     def extra_repr(self) -> str:
         return f"identity_skip={self.identity_skip}"
+
+
+class GatedProduct(torch.nn.Module):
+    """A multiplicative gate, ``features * gate``: squeeze-excitation, ECA and other ``x * sigmoid(...)`` attention.
+
+    Canonizers route such products through this module so that a rule can treat the gate as a weight
+    (:py:class:`~zennit_resnet_lrp.rules.GateAsWeight`: all relevance to the gated features, none to the gate),
+    which conserves relevance where the product's gradient would hand it to both factors.
+    """
+
+    def forward(self, features: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        return features * gate
+
+
+class InputSize:
+    """An argument of a functional operation read off its input at call time: ``input.shape[dim]`` (as in
+    ``F.avg_pool2d(x, x.size(3))``)."""
+
+    __slots__ = ("dim",)
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+
+    def __repr__(self) -> str:
+        return f"InputSize({self.dim})"
+
+
+class FunctionalPool(torch.nn.Module):
+    """An average pool written as a function call in a model's forward (``x.mean((2, 3))``,
+    ``F.adaptive_avg_pool2d``, ``F.avg_pool2d``), made a module so that composites give it the pooling rule.
+
+    Parameters
+    ----------
+    function : callable
+        Called as ``function(input, *args, **kwargs)``; a positive linear map of ``input``.
+    args, kwargs
+        Its further arguments; an :py:class:`InputSize` stands for a size of the input.
+    """
+
+    def __init__(self, function, args: tuple = (), kwargs: dict | None = None) -> None:
+        super().__init__()
+        self.function, self.args, self.kwargs = function, tuple(args), dict(kwargs or {})
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002 - the module's input
+        args = [input.shape[arg.dim] if isinstance(arg, InputSize) else arg for arg in self.args]
+        return self.function(input, *args, **self.kwargs)
+
+    def extra_repr(self) -> str:
+        name = getattr(self.function, "__name__", repr(self.function))
+        return ", ".join([name, *map(repr, self.args), *(f"{k}={v!r}" for k, v in self.kwargs.items())])

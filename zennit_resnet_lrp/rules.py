@@ -32,6 +32,22 @@ class PassThrough(RelevanceRule):
         return relevance
 
 
+class GateAsWeight(RelevanceRule):
+    """For a :py:class:`~zennit_resnet_lrp.layer.GatedProduct` ``features * gate``: the gate acts as a weight, so all
+    relevance goes to the gated features and none to the gate (squeeze-excitation, ECA, ...).
+
+    The gate gets zeros rather than no gradient: zennit's rules on the gate's branch expect a tensor."""
+
+    def forward(self, module, input, output):  # noqa: A002 - zennit's signature; the hook path keeps the gate's shape
+        self.stored_tensors["gate"] = input[1].detach()
+
+    def backward(self, module, grad_input, grad_output):
+        return grad_output[0], torch.zeros_like(self.stored_tensors["gate"])
+
+    def relevance_of_inputs(self, module, inputs, relevance):
+        return relevance, torch.zeros_like(inputs[1])
+
+
 class RelevanceSplit(RelevanceRule):
     """Relevance Splitting at a :py:class:`ResidualSum`: ``R_m = rho R`` to the residual branch, ``R_s = (1 - rho) R``
     to the skip, so ``R_m + R_s = R`` element-wise.

@@ -1,0 +1,57 @@
+"""Measure conservation of the default method on the ResNet families the tests cover (the README's models table).
+
+    python scripts/measure_families.py
+
+Random weights and random batch-norm statistics (the tests' builders), float64, two 64x64 inputs. Prints a markdown
+table: residual blocks found, gates routed, the largest |input relevance - start| / start, the largest relevance
+leak of any block (as a fraction of the start), and the input relevance of the paper's flows_skip (its reference
+leaks only).
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+import torch  # noqa: E402
+
+import zennit_resnet_lrp as lrp  # noqa: E402
+from helpers import build, make_inputs, make_model  # noqa: E402
+
+MODELS = [
+    ("torchvision", "resnet18"), ("torchvision", "resnet50"), ("torchvision", "resnext50_32x4d"),
+    ("torchvision", "wide_resnet50_2"), ("torchvision", "regnet_y_400mf"), ("torchvision", "regnet_x_400mf"),
+    ("timm", "resnet18"), ("timm", "resnet50"), ("timm", "resnet50d"), ("timm", "resnext50_32x4d"),
+    ("timm", "seresnext26d_32x4d"), ("timm", "ecaresnet26t"), ("timm", "skresnet18"), ("timm", "res2net50_26w_4s"),
+    ("timm", "resnetrs50"), ("timm", "resnetv2_50"), ("timm", "regnety_002"),
+    ("hand-written", "cifar_resnet20"), ("hand-written", "preact_resnet"),
+]
+
+
+def model_for(source: str, name: str) -> torch.nn.Module:
+    if source == "torchvision" and name.startswith(("resnet", "resnext", "wide")):
+        return make_model(name)
+    return build(f"torchvision/{name}" if source == "torchvision" else name)
+
+
+def main() -> None:
+    print("| source | model | blocks | gates | input error (max) | block leak (max) | flows_skip: input / start |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    inputs = make_inputs(2, 64)
+    for source, name in MODELS:
+        model = model_for(source, name)
+        report = lrp.check_conservation(model, inputs)
+        result = report.attribution
+        leak = max(float(((b.input - b.output) / result.start).abs().max()) for b in result.blocks)
+        with lrp.FlowsSkipConservative().context(model):
+            gates = sum(isinstance(module, lrp.GatedProduct) for module in model.modules())
+        paper = lrp.attribute(model, inputs, "flows_skip", tolerance=None)
+        ratio = paper.total / paper.start
+        print(f"| {source} | {name} | {len(result.blocks)} | {gates} | {float(report.error.max()):.1e} | "
+              f"{leak:.1e} | {float(ratio.min()):.3f}-{float(ratio.max()):.3f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
