@@ -16,6 +16,7 @@ from zennit_resnet_lrp.evaluation.run import (
 )
 
 from .options import run_options
+from .progress import Progress
 
 
 @click.command()
@@ -75,14 +76,14 @@ def evaluate_command(run, dataset, dataset_root, method_list, per_class, limit, 
         if shard.leader:
             click.echo(f"{len(samples)} image(s) x {len(names)} method(s) x {len(models)} model(s)"
                        f"{f' over {shard.world} processes' if shard.world > 1 else ''} -> {output}", err=True)
-            with click.progressbar(length=shard_size, label="evaluating", file=sys.stderr) as bar:
+            with Progress(shard_size, "evaluating") as progress:
                 _, failures = evaluate(models, samples, settings, output, shard.rank, shard.world,
-                                       progress=bar.update)
+                                       progress=progress.update)
         else:
             _, failures = evaluate(models, samples, settings, output, shard.rank, shard.world)
         barrier(shard)
-        if shard.leader:
-            rows = [row for row in read_rows(output) if row["method"] in names]
+        rows = [row for row in read_rows(output) if row["method"] in names] if output.is_dir() else []
+        if shard.leader and rows:
             table = summarize(rows, names)
             click.echo(format_markdown(table))
             write_json(output / "results.json", table)

@@ -20,6 +20,7 @@ from zennit_resnet_lrp.evaluation.methods import METHODS, MethodError, get_metho
 
 from .evaluate import evaluate_command
 from .options import RunOptions, run_options
+from .progress import Progress
 
 
 class ResnetLrpGroup(click.Group):
@@ -47,9 +48,9 @@ class ResnetLrpGroup(click.Group):
             return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.Abort, BrokenPipeError):
             raise
-        except (UnknownNameError, lrp.AttributionError, MethodError) as error:
+        except (UnknownNameError, lrp.AttributionError, MethodError, OutputError) as error:
             raise click.UsageError(_one_line(error), ctx) from None
-        except (ModelError, ImageError, OutputError) as error:
+        except (ModelError, ImageError) as error:
             raise click.ClickException(_one_line(error)) from None
         except KeyboardInterrupt:
             raise click.ClickException("interrupted; the files written so far are complete") from None
@@ -133,8 +134,10 @@ def explain(images, run, target, top_k, start_with, heat_quantization, hq_level,
         click.echo(f"{item.image}: predicted {item.predicted_name} (p={item.probability:.4f}); "
                    f"target {item.target_name}: relevance sum {item.relevance_sum:.6g}, start {item.start:.6g}, "
                    f"conservation error {item.conservation_error:.2e}")
+        progress.update()
 
-    results, failures = explain_images(loaded, paths, output, options, report)
+    with Progress(len(paths) * (1 if target is not None else top_k), "explaining") as progress:
+        results, failures = explain_images(loaded, paths, output, options, report)
     if results:
         click.echo(f"wrote {len(results)} heatmap(s) and summary.json/summary.csv to {output}", err=True)
     for path, reason in failures:

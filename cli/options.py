@@ -11,8 +11,8 @@ from pathlib import Path
 import click
 import torch
 
-from zennit_resnet_lrp.application.demo import DEFAULT_DEMO
-from zennit_resnet_lrp.application.models import LoadedModel, load_model
+from zennit_resnet_lrp.application.demo import DEFAULT_DEMO, DEMO_MODELS
+from zennit_resnet_lrp.application.models import RANDOM_WEIGHTS, TIMM_PREFIX, LoadedModel, load_model
 from zennit_resnet_lrp.composites import DEFAULT_METHOD, PAPER_VARIANTS
 
 # keys a JSON run configuration may hold; "image_size" is the crop size
@@ -85,8 +85,11 @@ class RunOptions:
     def load(self, weights=_OWN) -> LoadedModel:
         """The model with ``weights`` (this run's when not given; None: the model's default), on the device, with
         the preprocessing overrides applied."""
-        loaded = load_model(self.model, self.weights if weights is _OWN else weights, self.num_classes,
-                            resolve_device(self.device))
+        weights = self.weights if weights is _OWN else weights
+        loaded = load_model(self.model, weights or None, self.num_classes, resolve_device(self.device))
+        if not weights and self.model not in DEMO_MODELS:
+            click.echo(f"warning: no --weights: {self.model} has random weights; give a weights name or checkpoint, "
+                       f"or --weights {RANDOM_WEIGHTS} to ask for them", err=True)
         base = loaded.preprocessing
         overrides = {key: value for key, value in (("resize", self.resize), ("crop", self.crop),
                                                    ("mean", self.mean), ("std", self.std)) if value is not None}
@@ -107,14 +110,17 @@ def run_options(command=None, *, several_weights: bool = False):
     command, which receives them as one ``run: RunOptions`` argument."""
     if command is None:
         return functools.partial(run_options, several_weights=several_weights)
-    weights_help = "torchvision weights name (IMAGENET1K_V1, DEFAULT) or a checkpoint file (a state_dict)."
+    weights_help = (f"torchvision weights name (IMAGENET1K_V1, DEFAULT), a checkpoint file (a state_dict), or "
+                    f"'{RANDOM_WEIGHTS}'. Without it: the demo models' shipped weights, random weights (with a "
+                    "warning) for the others.")
     if several_weights:
         weights_help += " Repeat it to evaluate several models (e.g. the paper's five CUB checkpoints)."
     decorators = [
         click.option("-c", "--config", type=click.Path(dir_okay=False), is_eager=True, expose_value=False,
                      callback=_load_config, help="JSON run configuration (see configs/); flags override it."),
         click.option("--model", default=DEFAULT_DEMO, show_default=True,
-                     help="torchvision ResNet-family name (resnet50, resnext50_32x4d, ...) or a shipped demo model."),
+                     help=f"torchvision ResNet-family name (resnet50, resnext50_32x4d, ...), {TIMM_PREFIX}NAME for any "
+                          "timm model (timm/resnet50d; needs timm), or a shipped demo model."),
         click.option("--weights", default=None, multiple=several_weights, help=weights_help),
         click.option("--num-classes", type=click.IntRange(min=1), default=None, help="Output classes (200 for CUB)."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),

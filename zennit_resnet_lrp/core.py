@@ -56,6 +56,11 @@ class RelevanceRule(Hook):
         """The relevance of each of the module's inputs (one for most modules)."""
         return (self.relevance(module, inputs[0], relevance),)
 
+    def marker(self, module: torch.nn.Module, args: tuple) -> None:
+        """A forward pre-hook that does nothing. The fast path registers it, bound to the rule, so that tools which
+        look for a module's rule among its forward pre-hooks (zennit's own, and its tests) find this one."""
+        return None
+
     def register(self, module: torch.nn.Module):
         if not self.fast:
             return super().register(module)
@@ -88,14 +93,16 @@ class _Propagate(torch.autograd.Function):
 class ForwardOverride:
     """Routes a module's forward through :py:class:`_Propagate` while registered; ``remove()`` undoes it.
 
-    The instance itself is the module's forward (one small object per module, no closure)."""
+    The instance itself is the module's forward (one small object per module, no closure); the rule's
+    :py:meth:`~RelevanceRule.marker` sits among the module's forward pre-hooks, as zennit's hooks do."""
 
-    __slots__ = ("module", "rule", "previous")
+    __slots__ = ("module", "rule", "previous", "marker")
 
     def __init__(self, module: torch.nn.Module, rule: RelevanceRule) -> None:
         self.module, self.rule = module, rule
         self.previous = module.__dict__.get("forward")
         module.__dict__["forward"] = self  # what nn.Module.__setattr__ would do for a plain attribute
+        self.marker = module.register_forward_pre_hook(rule.marker)
 
     def original_forward(self, *inputs, **kwargs):
         """The forward the module had before this override: an instance forward (a canonizer's) or the class's."""
@@ -117,6 +124,7 @@ class ForwardOverride:
             module.__dict__.pop("forward", None)
         else:
             module.__dict__["forward"] = self.previous
+        self.marker.remove()
         self.module = None
 
 

@@ -142,3 +142,13 @@ def test_config_with_one_checkpoint_and_shipped_configs(tmp_path):
         missing = evaluate("-c", ROOT / "configs" / name, "-o", tmp_path / name)
         assert missing.exit_code == 2, missing.output
         assert "no such dataset folder" in missing.output or "images.txt: missing" in missing.output
+
+
+def test_every_image_failing_writes_nothing(tmp_path):
+    (tmp_path / "data" / "class0").mkdir(parents=True)
+    (tmp_path / "data" / "class0" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    result = evaluate("--dataset", "folder", "--dataset-root", tmp_path / "data", "--methods", "random",
+                      "-o", tmp_path / "out")
+    assert result.exit_code == 1
+    assert "broken.png: not a readable image" in result.output and "| method |" not in result.output
+    assert not (tmp_path / "out").exists()

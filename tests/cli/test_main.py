@@ -1,4 +1,5 @@
 """The resnet-lrp command line: files written, tables, exit statuses, and every bad-input case."""
+import inspect
 import json
 import shutil
 import subprocess
@@ -194,12 +195,6 @@ def test_bad_image_among_good_ones(tmp_path):
     assert not list((tmp_path / "out").glob(".*partial"))
 
 
-def test_output_folder_not_writable(tmp_path):
-    blocker = tmp_path / "file"
-    blocker.write_text("")
-    assert_one_line_error(run("explain", "-o", blocker / "out"), 1, f"cannot write to {blocker / 'out'}")
-
-
 def test_installed_command_runs(tmp_path):
     executable = shutil.which("resnet-lrp") or pytest.skip("resnet-lrp is not installed on PATH")
     done = subprocess.run([executable, "explain", str(DIGITS[0]), str(DIGITS[1]), "-o", str(tmp_path)],
@@ -209,3 +204,87 @@ def test_installed_command_runs(tmp_path):
     failed = subprocess.run([executable, "explain", "--model", "nope"], capture_output=True, text=True, timeout=300)
     assert failed.returncode == 2
     assert failed.stderr.strip().count("\n") == 0 and failed.stderr.startswith("error:")
+
+
+def test_timm_models_by_name_with_random_weights_or_a_checkpoint(tmp_path):
+    pytest.importorskip("timm")
+    args = ["check", "--model", "timm/resnet18", "--crop", 64, "--resize", 64, "--dtype", "float64", "--random", 2]
+    result = run(*args, "--weights", "random", "--num-classes", 5)
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[-1].endswith("PASS") and "warning" not in result.output
+    torch.save(load_model("timm/resnet18", "random", num_classes=5).model.state_dict(), tmp_path / "timm18.pt")
+    from_file = run(*args, "--weights", tmp_path / "timm18.pt", "--num-classes", 5)
+    assert from_file.exit_code == 0, from_file.output
+    assert_one_line_error(run(*args, "--weights", "IMAGENET1K_V1"), 2, "a checkpoint file or 'random'")
+    assert_one_line_error(run("check", "--model", "timm/resnet9000"), 2, "unknown timm model 'resnet9000'")
+
+
+def test_missing_weights_say_the_weights_are_random(tmp_path):
+    image = DIGITS[0]
+    args = ["explain", image, "--model", "resnet18", "--crop", 32, "--resize", 32, "-o", tmp_path]
+    implicit = run(*args)
+    assert implicit.exit_code == 0, implicit.output
+    assert "warning: no --weights: resnet18 has random weights" in implicit.output
+    explicit = run(*args, "--weights", "random")
+    assert explicit.exit_code == 0 and "warning" not in explicit.output
+
+
+def test_head_size_hint_only_when_only_the_head_differs(tmp_path, checkpoint):
+    other_body = run("explain", DIGITS[0], "--model", "resnet50", "--num-classes", 10, "--weights", checkpoint,
+                     "-o", tmp_path / "out")
+    assert_one_line_error(other_body, 1, "does not fit resnet50")
+    assert "--num-classes" not in other_body.output
+
+
+def test_every_image_failing_claims_nothing_and_leaves_no_folder(tmp_path):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    result = run("explain", broken, "-o", tmp_path / "out")
+    assert_one_line_error(result, 1, "broken.png: not a readable image", "1 of 1 image(s) failed")
+    assert "wrote" not in result.output
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("args", [
+    ["check", "--json", "{blocker}/report.json"],
+    ["check", "--plot", "{blocker}/figure.png"],
+    ["explain", "-o", "{blocker}/out"],
+    ["evaluate", "-o", "{blocker}/out"],
+])
+def test_output_paths_checked_before_any_work(tmp_path, args):
+    blocker = tmp_path / "afile"
+    blocker.write_text("")
+    result = run(*[arg.format(blocker=blocker) for arg in args])
+    assert_one_line_error(result, 2, f"cannot write to {blocker}/", f"{blocker} is a file, not a folder")
+    assert "PASS" not in result.output and "evaluating" not in result.output  # nothing ran
+    assert blocker.read_text() == ""
+
+
+def test_non_finite_image_refused_and_the_others_explained(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    shutil.copy(DIGITS[0], folder / DIGITS[0].name)
+    array = np.full((28, 28), 0.5, np.float32)
+    array[3, 4] = np.inf
+    Image.fromarray(array, mode="F").save(folder / "infinite.tif")
+    result = run("explain", folder, "-o", tmp_path / "out")
+    assert_one_line_error(result, 1, "infinite.tif: holds NaN or infinite pixel values", "1 of 2 image(s) failed")
+    assert len(list((tmp_path / "out").glob("*_heatmap.png"))) == 1
+
+
+def test_top_k_beyond_the_classes_is_a_usage_error(tmp_path):
+    assert_one_line_error(run("explain", DIGITS[0], "--top-k", 11, "-o", tmp_path / "out"), 2,
+                          "top-k 11 is more than the model's 10 classes")
+    assert not (tmp_path / "out").exists()
+    assert run("explain", DIGITS[0], "--top-k", 10, "-o", tmp_path / "out").exit_code == 0
+
+
+def test_one_default_tolerance():
+    check_option = next(p for p in cli.commands["check"].params if p.name == "tolerance")
+    library = inspect.signature(lrp.check_conservation).parameters["tolerance"].default
+    assert check_option.default == library == lrp.DEFAULT_TOLERANCE
+
+
+def test_no_progress_lines_when_stderr_is_not_a_terminal(tmp_path):
+    result = run("explain", *DIGITS[:3], "-o", tmp_path / "out")
+    assert result.exit_code == 0 and "\r" not in result.output and "left" not in result.output

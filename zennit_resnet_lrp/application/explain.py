@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..attribution import attribute
+from ..attribution import AttributionError, attribute
 from ..composites import DEFAULT_METHOD
 from .files import write_atomic, write_csv, write_json
 from .heatmap import montage, normalize, overlay, quantize, render
@@ -104,7 +104,9 @@ def explain_images(
         # the first attribution (the given label, or the top-1 class) also yields the ranking for the top-k
         first = attribute(loaded.model, inputs, options.method, options.target, options.start_with, tolerance=None)
         ranked = first.output.argsort(1, descending=True)
-        count = 1 if options.target is not None else min(options.top_k, ranked.shape[1])
+        if options.target is None and options.top_k > ranked.shape[1]:
+            raise AttributionError(f"top-k {options.top_k} is more than the model's {ranked.shape[1]} classes")
+        count = 1 if options.target is not None else options.top_k
         for k in range(count):
             result = first if k == 0 else attribute(loaded.model, inputs, options.method, ranked[:, k],
                                                     options.start_with, tolerance=None)

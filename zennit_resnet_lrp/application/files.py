@@ -17,16 +17,7 @@ class OutputError(ValueError):
 def check_output_folder(path: str | os.PathLike) -> Path:
     """Raise :py:class:`OutputError` unless files can be written into ``path`` (made later if missing): no part of
     it is a file, and the nearest folder that exists is writable. Creates nothing."""
-    path = Path(path)
-    for existing in (path, *path.parents):
-        if not existing.exists():
-            continue
-        if not existing.is_dir():
-            raise OutputError(f"cannot write to {path}: {existing} is a file, not a folder")
-        if not os.access(existing, os.W_OK | os.X_OK):
-            raise OutputError(f"cannot write to {path}: {existing} is not writable")
-        break
-    return path
+    return _check_writable(Path(path), Path(path))
 
 
 def check_output_file(path: str | os.PathLike) -> Path:
@@ -34,7 +25,18 @@ def check_output_file(path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.is_dir():
         raise OutputError(f"cannot write to {path}: it is a folder; give a file name")
-    check_output_folder(path.parent)
+    return _check_writable(path, path.parent)
+
+
+def _check_writable(path: Path, folder: Path) -> Path:
+    for existing in (folder, *folder.parents):
+        if not existing.exists():
+            continue
+        if not existing.is_dir():
+            raise OutputError(f"cannot write to {path}: {existing} is a file, not a folder")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise OutputError(f"cannot write to {path}: {existing} is not writable")
+        break
     return path
 
 

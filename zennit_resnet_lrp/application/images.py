@@ -10,6 +10,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as transforms
 
 from ..composites import IMAGENET_MEAN, IMAGENET_STD, box_bounds
 
@@ -22,7 +24,9 @@ class ImageError(ValueError):
 
 @dataclass
 class Preprocessing:
-    """Resize the shorter side, center-crop, scale to [0, 1] and normalise: the paper's test transform by default.
+    """Resize the shorter side, center-crop, scale to [0, 1] and normalise: the paper's test transform
+    (``Resize(256)``, ``CenterCrop(224)``, ``ToTensor()``, ``Normalize``) by default, computed by torchvision's own
+    functions, so the inputs are bit for bit torchvision's.
 
     Attributes
     ----------
@@ -34,6 +38,8 @@ class Preprocessing:
         Per-channel normalisation (ImageNet's by default).
     channels : int
         3 for RGB, 1 for grayscale models.
+    interpolation : str
+        The resize's interpolation, a ``torchvision.transforms.InterpolationMode`` value ("bilinear").
     """
 
     resize: int = 256
@@ -41,33 +47,31 @@ class Preprocessing:
     mean: Sequence[float] = field(default=IMAGENET_MEAN)
     std: Sequence[float] = field(default=IMAGENET_STD)
     channels: int = 3
+    interpolation: str = "bilinear"
+
+    @classmethod
+    def from_transforms(cls, transform) -> "Preprocessing":
+        """The preprocessing of torchvision weights' ``weights.transforms()`` (resize, crop, interpolation, mean,
+        std)."""
+        return cls(resize=transform.resize_size[0], crop=transform.crop_size[0], mean=tuple(transform.mean),
+                   std=tuple(transform.std), interpolation=transform.interpolation.value)
 
     def image(self, image: Image.Image) -> Image.Image:
         """The resized and cropped image (what the network sees, before normalisation)."""
         image = image.convert("L" if self.channels == 1 else "RGB")
         if self.resize:
-            width, height = image.size
-            scale = self.resize / min(width, height)
-            image = image.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.BILINEAR)
+            image = transforms.resize(image, [self.resize], InterpolationMode(self.interpolation), antialias=True)
         if self.crop:
-            width, height = image.size
-            left, top = (width - self.crop) // 2, (height - self.crop) // 2
-            image = image.crop((left, top, left + self.crop, top + self.crop))
+            image = transforms.center_crop(image, [self.crop])
         return image
 
     def pixels(self, image: Image.Image) -> torch.Tensor:
         """The cropped image as a (C, H, W) tensor of pixel values in [0, 1] (before normalisation)."""
-        array = np.asarray(self.image(image), dtype=np.float32) / 255.0
-        if array.ndim == 2:
-            array = array[:, :, None]
-        return torch.from_numpy(array.transpose(2, 0, 1).copy())
+        return transforms.to_tensor(self.image(image))
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         """Normalise a [0, 1] tensor (C, H, W) or batch (N, C, H, W)."""
-        shape = (-1, 1, 1)
-        mean = torch.as_tensor(self.mean, dtype=pixels.dtype, device=pixels.device).view(shape)
-        std = torch.as_tensor(self.std, dtype=pixels.dtype, device=pixels.device).view(shape)
-        return (pixels - mean) / std
+        return transforms.normalize(pixels, list(self.mean), list(self.std))
 
     def bounds(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> tuple:
         """``(low, high)``, each (1, C, 1, 1): the normalised values of pixel 0 and 1, for box rules."""
@@ -85,6 +89,8 @@ def open_image(path: str | os.PathLike) -> Image.Image:
     try:
         with Image.open(path) as image:
             image.load()
+            if image.mode == "F" and not np.isfinite(np.asarray(image)).all():
+                raise ImageError(f"{path}: holds NaN or infinite pixel values")
             if image.mode not in ("RGB", "L"):
                 # palette with transparency and CMYK go through RGBA/RGB so colours come out right
                 image = image.convert("RGBA" if "transparency" in image.info or image.mode in ("P", "LA") else "RGB")

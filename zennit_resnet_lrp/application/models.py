@@ -1,6 +1,8 @@
-"""Models in: torchvision ResNet-family names, torchvision weights, local checkpoints, shipped demo models."""
+"""Models in: torchvision ResNet-family names, timm models (``timm/<name>``, with timm installed), torchvision weights,
+local checkpoints, random weights, shipped demo models."""
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +21,11 @@ class ModelError(ValueError):
 class UnknownNameError(ModelError):
     """A model or weights name that does not exist."""
 
+
+# the weights name that asks for random weights explicitly
+RANDOM_WEIGHTS = "random"
+# model names with this prefix are timm's (architectures; weights from a local checkpoint)
+TIMM_PREFIX = "timm/"
 
 RESNET_FAMILY = tuple(
     name for name in torchvision.models.list_models(module=torchvision.models)
@@ -43,6 +50,7 @@ class LoadedModel:
 
 
 def model_names() -> list[str]:
+    """The model names :py:func:`load_model` takes, besides ``timm/<any timm model>``."""
     return [*DEMO_MODELS, *RESNET_FAMILY]
 
 
@@ -52,24 +60,47 @@ def load_model(
     num_classes: int | None = None,
     device: str | torch.device = "cpu",
 ) -> LoadedModel:
-    """Build ``name`` and load ``weights``: a torchvision weights name (``IMAGENET1K_V1``, ``DEFAULT``; downloaded
-    and cached by torchvision), a local checkpoint (a state_dict, or a dict holding one under ``state_dict`` or
-    ``model``; read with ``weights_only=True``), or None (a demo model's shipped weights; random for torchvision).
+    """Build ``name`` and load ``weights``.
+
+    Parameters
+    ----------
+    name : str
+        A torchvision ResNet-family name (``resnet50``, ``resnext50_32x4d``, ...), ``timm/<name>`` for any timm
+        model (``timm/resnet50d``; needs the ``[timm]`` extra), or a shipped demo model (``demo-mnist``).
+    weights : str or path, optional
+        A torchvision weights name (``IMAGENET1K_V1``, ``DEFAULT``; downloaded and cached by torchvision), a local
+        checkpoint (a state_dict, or a dict holding one under ``state_dict`` or ``model``; read with
+        ``weights_only=True``), ``"random"``, or None (a demo model's shipped weights; random for the others).
+    num_classes : int, optional
+        Output classes, for a new head (200 for CUB).
+    device : str or torch.device
 
     Raises :py:class:`ModelError` with one line that names the problem and the fix.
     """
+    random = weights is None or str(weights) == RANDOM_WEIGHTS
     if name in DEMO_MODELS:
         spec = DEMO_MODELS[name]
         classes = num_classes or spec.num_classes
         model = spec.build(classes)
+        if str(weights) == RANDOM_WEIGHTS:
+            return LoadedModel(model.eval().to(device), name, spec.preprocessing, None, None)
         path = weights if weights is not None else spec.checkpoint
         load_checkpoint(model, path, name)
         categories = spec.categories if classes == spec.num_classes else None
         return LoadedModel(model.eval().to(device), name, spec.preprocessing, categories, str(path))
+    if name.startswith(TIMM_PREFIX):
+        model, preprocessing = _timm_model(name, num_classes)
+        if not random:
+            if not _looks_like_path(weights):
+                raise UnknownNameError(f"weights for {name} are a checkpoint file or {RANDOM_WEIGHTS!r}, not "
+                                       f"{weights!r}: timm's pretrained weights are not downloaded here")
+            load_checkpoint(model, weights, name)
+        return LoadedModel(model.eval().to(device), name, preprocessing, None, None if random else str(weights))
     if name not in RESNET_FAMILY:
-        raise UnknownNameError(f"unknown model {name!r}; choose one of: {', '.join(model_names())}")
+        raise UnknownNameError(f"unknown model {name!r}; choose one of: {', '.join(model_names())}, "
+                               f"or {TIMM_PREFIX}<name> for a timm model")
     preprocessing = Preprocessing()
-    if weights is None:
+    if random:
         model = torchvision.models.get_model(name, weights=None, num_classes=num_classes or 1000)
         return LoadedModel(model.eval().to(device), name, preprocessing, None, None)
     if _looks_like_path(weights):
@@ -94,9 +125,25 @@ def load_model(
             f"could not download {entry} ({error.__class__.__name__}); without internet, download the file "
             "elsewhere and pass its path as the weights"
         ) from None
-    transform = entry.transforms()
-    preprocessing = Preprocessing(resize=256, crop=224, mean=tuple(transform.mean), std=tuple(transform.std))
+    preprocessing = Preprocessing.from_transforms(entry.transforms())
     return LoadedModel(model.eval().to(device), name, preprocessing, list(entry.meta["categories"]), str(entry))
+
+
+def _timm_model(name: str, num_classes: int | None) -> tuple[torch.nn.Module, Preprocessing]:
+    """A timm architecture with random weights, and the preprocessing its pretrained configuration names."""
+    try:
+        import timm
+        from timm.data import resolve_data_config
+    except ImportError:
+        raise ModelError(f"{name} needs timm: pip install 'zennit-resnet-lrp[timm]'") from None
+    architecture = name[len(TIMM_PREFIX):]
+    if not timm.is_model(architecture):
+        raise UnknownNameError(f"unknown timm model {architecture!r}; timm.list_models() lists them")
+    model = timm.create_model(architecture, pretrained=False, **({"num_classes": num_classes} if num_classes else {}))
+    config = resolve_data_config({}, model=model)
+    crop = config["input_size"][-1]
+    resize = int(math.floor(crop / config.get("crop_pct", 0.875)))
+    return model, Preprocessing(resize=resize, crop=crop, mean=tuple(config["mean"]), std=tuple(config["std"]))
 
 
 def _looks_like_path(weights) -> bool:
@@ -136,9 +183,11 @@ def load_checkpoint(model: torch.nn.Module, path: str | os.PathLike, name: str =
         problems.append(f"{key} is {tuple(state[key].shape)} in the checkpoint but {tuple(own[key].shape)} in {name}")
     if problems:
         hint = ""
-        fc = [key for key in shapes if key.endswith("fc.weight")]
-        if fc:
-            hint = f" (use --num-classes {state[fc[0]].shape[0]})"
+        heads = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
+        head = heads[-1] if heads else None
+        if head is not None and not missing and not unexpected and all(
+                key.rsplit(".", 1)[0] == head for key in shapes):  # only the classifier's size differs
+            hint = f" (use --num-classes {state[f'{head}.weight'].shape[0]})"
         raise ModelError(f"{path} does not fit {name}: {'; '.join(problems)}{hint}")
     model.load_state_dict(state)
 

@@ -5,7 +5,7 @@ import json
 import math
 import os
 import statistics
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -127,7 +127,7 @@ class EvaluationSettings:
 
 def read_rows(output: Path) -> list[dict]:
     """Every finished score row in ``output`` (all shards); a line cut short by an interruption is ignored."""
-    rows = []
+    rows: list[dict] = []
     for path in sorted(output.glob(SCORE_FILES)):
         for line in path.read_text().splitlines():
             try:
@@ -156,13 +156,12 @@ def evaluate(
     """
     for name in settings.methods:
         get_method(name)  # unknown names fail before any work
-    output.mkdir(parents=True, exist_ok=True)
     done = {(row["model"], row["image"], row["method"]) for row in read_rows(output)}
     mine = list(samples)[rank::world]
     path = output / ("scores.jsonl" if world == 1 else f"scores.rank{rank}.jsonl")
     written, failures = 0, []
     _drop_cut_line(path)
-    with open(path, "a") as sink:
+    with closing(_Sink(path)) as sink:
         for model_id, loaded in models:
             device = next(loaded.model.parameters()).device
             dtype = next(loaded.model.parameters()).dtype
@@ -184,6 +183,28 @@ def evaluate(
                 if progress is not None:
                     progress(len(chunk))
     return written, failures
+
+
+class _Sink:
+    """Appends score rows to ``path``; the file (and its folder) is made with the first row, so a run that scores
+    nothing leaves nothing behind."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.handle = path, None
+
+    def write(self, text: str) -> None:
+        if self.handle is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.handle = open(self.path, "a")
+        self.handle.write(text)
+
+    def flush(self) -> None:
+        if self.handle is not None:
+            self.handle.flush()
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
 
 
 def _drop_cut_line(path: Path) -> None:
