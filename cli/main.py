@@ -174,7 +174,12 @@ def check(images, run, random_count, seed, start_with, dtype, tolerance, json_pa
     prep = loaded.preprocessing
     if images:
         paths = _images(run.model, images)
-        inputs = torch.stack([prep(open_image(path)) for path in paths])
+        with Progress(len(paths), "reading") as progress:
+            inputs = []
+            for path in paths:
+                inputs.append(prep(open_image(path)))
+                progress.update()
+        inputs = torch.stack(inputs)
         source = f"{len(paths)} image(s)"
     else:
         size = prep.crop or prep.resize or 224
@@ -182,8 +187,9 @@ def check(images, run, random_count, seed, start_with, dtype, tolerance, json_pa
         inputs = torch.randn(random_count, prep.channels, size, size, generator=generator)
         source = f"{random_count} random input(s), seed {seed}"
     inputs = inputs.to(device=model_device, dtype=precision)
-    report = lrp.check_conservation(loaded.model, inputs, method, start_with=start_with, tolerance=tolerance,
-                                    batch_size=run.batch_size)
+    with Progress(inputs.shape[0], "checking") as progress:
+        report = lrp.check_conservation(loaded.model, inputs, method, start_with=start_with, tolerance=tolerance,
+                                        batch_size=run.batch_size, progress=progress.update)
     if json_path == "-":
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:

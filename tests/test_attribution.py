@@ -117,3 +117,9 @@ def test_method_instance_and_zennit_name(resnet18, inputs):
     zennit = lrp.attribute(resnet18, inputs, "epsilon_plus_flat", tolerance=None)
     # zennit's composite gets a residual canonizer: Norm at the sums, no doubling of relevance
     assert float(zennit.conservation_error.max()) < 0.5
+
+
+def test_progress_reports_every_batch(resnet18, inputs):
+    done = []
+    lrp.check_conservation(resnet18, torch.cat([inputs, inputs, inputs[:1]]), batch_size=2, progress=done.append)
+    assert done == [2, 2, 1]

@@ -17,8 +17,8 @@ from .core import RelevanceRule
 from .layer import FunctionalPool, GatedProduct, ResidualSum
 from .recording import ModuleRelevance, RelevanceRecorder
 from .rules import (
-    FlatInputZPlus, GateAsWeight, MaxPoolAverageStandIn, MaxPoolProportional, MaxPoolWinnerTakesAll, PassThrough, PoolProportional,
-    PositiveProportional, RelevanceSplit, ZPlus,
+    FlatInputZPlus, GateAsWeight, MaxPoolAverageStandIn, MaxPoolProportional, MaxPoolWinnerTakesAll, PassThrough,
+    PoolProportional, PositiveProportional, RelevanceSplit, ZPlus,
 )
 from .snapshot import ModelSnapshot, evaluating
 

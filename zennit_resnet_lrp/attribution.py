@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from zennit.core import Composite
@@ -145,6 +145,7 @@ def attribute(
     record_blocks: bool = False,
     tolerance: float | None = WARNING_TOLERANCE,
     bounds: tuple | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> Attribution:
     """Explain ``model``'s predictions on ``inputs`` with LRP.
 
@@ -172,6 +173,8 @@ def attribute(
         naming the module where relevance changes; None to skip the check.
     bounds : (low, high), optional
         Lowest and highest input values, for a ``method`` named by a composite with a box rule; ImageNet's by default.
+    progress : callable, optional
+        Called with the number of samples just done after each batch (for progress displays).
 
     Returns
     -------
@@ -186,7 +189,8 @@ def attribute(
         raise AttributionError(str(error)) from None
     if target is not None:
         target = _target_tensor(target, inputs.shape[0])
-    result = _run(model, inputs, composite, target, start_with, batch_size or inputs.shape[0], record_blocks)
+    result = _run(model, inputs, composite, target, start_with, batch_size or inputs.shape[0], record_blocks,
+                  progress=progress)
     if tolerance is not None:
         _warn_if_not_conserved(model, inputs, composite, result, start_with, tolerance)
     return result
@@ -200,12 +204,13 @@ def check_conservation(
     start_with: str = "softmax",
     tolerance: float = DEFAULT_TOLERANCE,
     batch_size: int | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> ConservationReport:
     """Attribute ``inputs`` and report the relevance at every residual block and at the input.
 
     Parameters
     ----------
-    model, inputs, method, target, start_with, batch_size
+    model, inputs, method, target, start_with, batch_size, progress
         As for :py:func:`attribute`.
     tolerance : float
         The largest acceptable ``|input relevance - start| / |start|`` per sample.
@@ -215,11 +220,11 @@ def check_conservation(
     ConservationReport
     """
     result = attribute(model, inputs, method, target, start_with, batch_size=batch_size, record_blocks=True,
-                       tolerance=None)
+                       tolerance=None, progress=progress)
     return ConservationReport(result, tolerance)
 
 
-def _run(model, inputs, composite, target, start_with, size, record_blocks, watch=None) -> Attribution:
+def _run(model, inputs, composite, target, start_with, size, record_blocks, watch=None, progress=None) -> Attribution:
     """Register ``composite`` (and a recorder of the blocks, or of the modules named in ``watch``) once, attribute
     chunk by chunk, and restore the model."""
     recorder = None
@@ -249,6 +254,8 @@ def _run(model, inputs, composite, target, start_with, size, record_blocks, watc
                     seed = torch.zeros_like(output).scatter(1, chosen[:, None], values[:, None])
                     (relevance,) = torch.autograd.grad(output, chunk, seed)
                 chunks.append((relevance.detach(), chosen, values, output_values))
+                if progress is not None:
+                    progress(chunk.shape[0])
             blocks = recorder.results() if recorder is not None else None
         finally:
             if recorder is not None:

@@ -18,8 +18,8 @@ from zennit.types import Activation, BatchNorm
 from .canonizers import ResidualCanonizer
 from .layer import FunctionalPool, GatedProduct, ResidualSum
 from .rules import (
-    DROP, FLAT, FlatInputZPlus, GateAsWeight, MaxPoolAverageStandIn, MaxPoolProportional, MaxPoolWinnerTakesAll, PassThrough,
-    PoolProportional, RelevanceSplit, ZPlus,
+    DROP, FLAT, FlatInputZPlus, GateAsWeight, MaxPoolAverageStandIn, MaxPoolProportional, MaxPoolWinnerTakesAll,
+    PassThrough, PoolProportional, RelevanceSplit, ZPlus,
 )
 from .snapshot import ModelSnapshot, protected
 

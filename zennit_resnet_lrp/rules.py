@@ -23,7 +23,8 @@ FLAT = "flat"
 class PassThrough(RelevanceRule):
     """Relevance passes unchanged (batch norm and activations in the paper's rules).
 
-    The same as zennit's ``Pass``, run on this package's fast path (see :py:class:`~zennit_resnet_lrp.core.RelevanceRule`).
+    The same as zennit's ``Pass``, run on this package's fast path
+    (see :py:class:`~zennit_resnet_lrp.core.RelevanceRule`).
     """
 
     needs_input = False
