@@ -147,3 +147,5 @@ def test_tracing_is_cached_but_follows_changed_children():
     second = _routed(model)
     assert first.keys() == second.keys()
     assert not second["layers.0.residual_sum"].identity_skip  # the skip now goes through a module of its own
+    model.layers[0].shortcut = torch.nn.Sequential()  # a new child of an earlier type: traced again too
+    assert _routed(model)["layers.0.residual_sum"].identity_skip

@@ -112,10 +112,12 @@ _CACHE: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKeyDic
 def rewrite(module: torch.nn.Module) -> Rewrite | None:
     """The rewritten forward of ``module``, or None when its forward has nothing to route.
 
-    Cached per module while its class, training flag and children stay the same (tracing costs milliseconds, and
-    composites canonize on every registration). Raises :py:class:`TraceFailure` when the forward cannot be traced.
+    Cached per module while its class, training flag and children (the same objects) stay the same (tracing costs
+    milliseconds, and composites canonize on every registration). Raises :py:class:`TraceFailure` when the forward
+    cannot be traced.
     """
-    key = (type(module), module.training, tuple((name, type(child)) for name, child in module.named_children()))
+    key = (type(module), module.training,
+           tuple((name, id(child), type(child)) for name, child in module.named_children()))
     cached = _CACHE.get(module)
     if cached is not None and cached[0] == key:
         if isinstance(cached[1], TraceFailure):
