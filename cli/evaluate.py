@@ -11,7 +11,7 @@ from zennit_resnet_lrp.application.files import check_output_folder, write_csv, 
 from zennit_resnet_lrp.evaluation.datasets import DATASETS, DatasetError, subsample
 from zennit_resnet_lrp.evaluation.metrics import BASELINES
 from zennit_resnet_lrp.evaluation.run import (
-    DEFAULT_METHODS, EvaluationSettings, barrier, default_curve_spec, evaluate, format_markdown, method_names,
+    DEFAULT_METHODS, EvaluationSettings, default_curve_spec, evaluate, format_markdown, method_names,
     read_rows, sharded, summarize,
 )
 
@@ -81,8 +81,8 @@ def evaluate_command(run, dataset, dataset_root, method_list, per_class, limit, 
                                        progress=progress.update)
         else:
             _, failures = evaluate(models, samples, settings, output, shard.rank, shard.world)
-        barrier(shard)
-        rows = [row for row in read_rows(output) if row["method"] in names] if output.is_dir() else []
+        shard.barrier()
+        rows = [row for row in read_rows(output) if row["method"] in names]
         if shard.leader and rows:
             table = summarize(rows, names)
             click.echo(format_markdown(table))

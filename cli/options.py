@@ -101,8 +101,8 @@ class RunOptions:
         return loaded
 
 
-_SHARED = ("model", "weights", "num_classes", "device", "resize", "crop", "mean", "std", "method",
-           "skip_connection_prop_type", "batch_size")
+# the options that become RunOptions (--skip-connection-prop-type merges into its method)
+_SHARED = (*(field.name for field in dataclasses.fields(RunOptions)), "skip_connection_prop_type")
 
 
 def run_options(command=None, *, several_weights: bool = False):
@@ -125,8 +125,9 @@ def run_options(command=None, *, several_weights: bool = False):
         click.option("--num-classes", type=click.IntRange(min=1), default=None, help="Output classes (200 for CUB)."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
         click.option("--resize", type=click.IntRange(min=0), default=None,
-                     help="Shorter side after resizing (default: the model's, 256 for ImageNet)."),
-        click.option("--crop", type=click.IntRange(min=0), default=None, help="Center crop size (224 for ImageNet)."),
+                     help="Shorter side after resizing (default: the model's; the paper's 256 for ImageNet)."),
+        click.option("--crop", type=click.IntRange(min=0), default=None,
+                     help="Center crop size (default: the model's; 224 for ImageNet)."),
         click.option("--mean", type=FloatList(), default=None, help="Per-channel mean, e.g. 0.485,0.456,0.406."),
         click.option("--std", type=FloatList(), default=None, help="Per-channel std, e.g. 0.229,0.224,0.225."),
         click.option("--method", default=None,

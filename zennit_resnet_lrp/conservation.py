@@ -136,8 +136,8 @@ def locate(records: list[ModuleRelevance], start: float, tolerance: float, modul
 def violation_message(sample: int, ratio: float, error: float, tolerance: float, where: str) -> str:
     """The warning's text: how far off the sample is and, if known, where relevance grows or is lost."""
     if where and ratio > 1:
-        hint = (f"; it grows in {where}: a residual addition the canonizer does not know (x + f(x) in a custom "
-                "forward) doubles relevance; route it through zennit_resnet_lrp.ResidualSum")
+        hint = (f"; it grows in {where}: an addition the canonizer could not route (see ResidualTracingWarning) "
+                "doubles relevance; route it through zennit_resnet_lrp.ResidualSum().add(residual, skip)")
     elif where:
         hint = f"; it is lost in {where}"
     else:

@@ -56,6 +56,11 @@ class RelevanceRule(Hook):
         """The relevance of each of the module's inputs (one for most modules)."""
         return (self.relevance(module, inputs[0], relevance),)
 
+    def kept_inputs(self, inputs: tuple) -> tuple:
+        """What the fast path keeps of the module's inputs for :py:meth:`relevance_of_inputs` (None for an input the
+        rule does not read): all of them, or none where ``needs_input`` is False."""
+        return inputs if self.needs_input else ()
+
     def marker(self, module: torch.nn.Module, args: tuple) -> None:
         """A forward pre-hook that does nothing. The fast path registers it, bound to the rule, so that tools which
         look for a module's rule among its forward pre-hooks (zennit's own, and its tests) find this one."""
@@ -80,13 +85,12 @@ class _Propagate(torch.autograd.Function):
     @staticmethod
     def forward(ctx, rule, module, forward, *inputs):
         ctx.rule, ctx.module = rule, module
-        if rule.needs_input:
-            ctx.save_for_backward(*inputs)
+        ctx.save_for_backward(*rule.kept_inputs(inputs))
         return forward(*inputs)
 
     @staticmethod
     def backward(ctx, relevance):
-        inputs = ctx.saved_tensors if ctx.rule.needs_input else (None,)
+        inputs = ctx.saved_tensors or (None,)
         return (None, None, None, *ctx.rule.relevance_of_inputs(ctx.module, inputs, relevance))
 
 

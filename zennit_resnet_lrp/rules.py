@@ -45,6 +45,9 @@ class GateAsWeight(RelevanceRule):
     def backward(self, module, grad_input, grad_output):
         return grad_output[0], torch.zeros_like(self.stored_tensors["gate"])
 
+    def kept_inputs(self, inputs):
+        return None, inputs[1]  # the gate alone, for its shape: the features would stay in memory for nothing
+
     def relevance_of_inputs(self, module, inputs, relevance):
         return relevance, torch.zeros_like(inputs[1])
 

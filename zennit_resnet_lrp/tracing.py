@@ -30,8 +30,9 @@ from .layer import FunctionalPool, GatedProduct, InputSize, ResidualSum
 
 Node = torch.fx.Node
 
-_ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
-_MUL_FUNCTIONS = {operator.mul, operator.imul, torch.mul}
+# binary operations by function or method -> "add" or "mul"
+_BINARY = {operator.add: "add", operator.iadd: "add", torch.add: "add", "add": "add",
+           operator.mul: "mul", operator.imul: "mul", torch.mul: "mul", "mul": "mul"}
 # operations that only move or reshape values: looked through when deciding whether a factor is a gate
 _SHAPE_METHODS = {"view", "reshape", "expand", "expand_as", "unsqueeze", "squeeze", "flatten", "permute",
                   "contiguous", "transpose", "view_as", "reshape_as", "to", "type_as"}
@@ -61,16 +62,12 @@ class Rewrite:
     forward : callable
         The new forward, a function of ``(self, *inputs)`` to bind to the module.
     children : dict of str to callable
-        Name -> factory of each module the forward calls that the module does not have yet.
-    sums, gates, functions : int
-        How many residual sums, gates and functional operations were routed.
+        Name -> factory of each module the forward calls that the module does not have yet: one per routed
+        addition, gate or functional operation.
     """
 
     forward: Callable
     children: dict[str, Callable[[], torch.nn.Module]] = field(default_factory=dict)
-    sums: int = 0
-    gates: int = 0
-    functions: int = 0
 
     def install(self, module: torch.nn.Module) -> list[str]:
         """Give ``module`` the new children and the new forward; return the children's names (to remove later)."""
@@ -173,9 +170,9 @@ def _rewrite(module: torch.nn.Module) -> Rewrite | None:
         return weight
 
     for node in nodes:
-        operands = _binary_operands(node)
-        if operands is not None and all(o in dependent for o in operands):
-            if _is_add(node):
+        kind, operands = _binary(node)
+        if kind is not None and all(o in dependent for o in operands):
+            if kind == "add":
                 common = ancestors[operands[0]] & ancestors[operands[1]]
                 if not common:
                     continue
@@ -190,8 +187,7 @@ def _rewrite(module: torch.nn.Module) -> Rewrite | None:
                 with graph.inserting_before(node):
                     sum_module = graph.get_attr(name)
                     routed = graph.call_method("add", (sum_module, residual, skip))
-                result.sums += 1
-            elif _is_mul(node):
+            else:
                 gates = [_is_gate(o, module) for o in operands]
                 if gates.count(True) != 1:
                     continue
@@ -199,9 +195,6 @@ def _rewrite(module: torch.nn.Module) -> Rewrite | None:
                 name = new_child("gated_product", GatedProduct)
                 with graph.inserting_before(node):
                     routed = graph.call_module(name, (features, gate))
-                result.gates += 1
-            else:
-                continue
         else:
             made = _functional_module(node, dependent)
             if made is None:
@@ -210,14 +203,13 @@ def _rewrite(module: torch.nn.Module) -> Rewrite | None:
             name = new_child(base, make)
             with graph.inserting_before(node):
                 routed = graph.call_module(name, (node.args[0],))
-            result.functions += 1
         # the routed node stands in for the original in every later decision
         ancestors[routed], order[routed] = ancestors[node] | {routed}, order[node]
         if node in dependent:
             dependent.add(routed)
         node.replace_all_uses_with(routed)
         graph.erase_node(node)
-    if not (result.sums or result.gates or result.functions):
+    if not result.children:
         return None
     graph.lint()
     code = graph.python_code(root_module="self")
@@ -227,25 +219,16 @@ def _rewrite(module: torch.nn.Module) -> Rewrite | None:
     return result
 
 
-def _binary_operands(node: Node) -> tuple[Node, Node] | None:
-    """The two tensor operands of an addition or product node (no ``alpha``, no ``out``), or None."""
-    if node.kwargs:
-        return None
-    if node.op == "call_function" and node.target in _ADD_FUNCTIONS | _MUL_FUNCTIONS and len(node.args) == 2:
-        operands = node.args
-    elif node.op == "call_method" and node.target in ("add", "mul") and len(node.args) == 2:
-        operands = node.args
-    else:
-        return None
-    return operands if all(isinstance(o, Node) for o in operands) else None
-
-
-def _is_add(node: Node) -> bool:
-    return node.target in _ADD_FUNCTIONS or node.target == "add"
-
-
-def _is_mul(node: Node) -> bool:
-    return node.target in _MUL_FUNCTIONS or node.target == "mul"
+def _binary(node: Node) -> tuple[str | None, tuple]:
+    """``("add" or "mul", (a, b))`` for an addition or product of two tensors (no ``alpha``, no ``out``), else
+    ``(None, ())``."""
+    if node.op not in ("call_function", "call_method") or node.kwargs or len(node.args) != 2 \
+            or not all(isinstance(operand, Node) for operand in node.args):
+        return None, ()
+    try:
+        return _BINARY.get(node.target), node.args
+    except TypeError:  # an unhashable target
+        return None, ()
 
 
 def _is_gate(node: Node, module: torch.nn.Module) -> bool:

@@ -93,9 +93,9 @@ def explain_images(
         images, tensors = [], []
         for path in batch:
             try:
-                image = open_image(path)
-                images.append((path, loaded.preprocessing.image(image)))
-                tensors.append(loaded.preprocessing(image))
+                cropped = loaded.preprocessing.image(open_image(path))  # resized and cropped once
+                images.append((path, cropped))
+                tensors.append(loaded.preprocessing.normalize(loaded.preprocessing.pixels(cropped, cropped=True)))
             except ImageError as error:
                 failures.append((path, str(error)))
         if not tensors:

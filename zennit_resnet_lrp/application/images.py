@@ -65,9 +65,10 @@ class Preprocessing:
             image = transforms.center_crop(image, [self.crop])
         return image
 
-    def pixels(self, image: Image.Image) -> torch.Tensor:
-        """The cropped image as a (C, H, W) tensor of pixel values in [0, 1] (before normalisation)."""
-        return transforms.to_tensor(self.image(image))
+    def pixels(self, image: Image.Image, cropped: bool = False) -> torch.Tensor:
+        """The cropped image as a (C, H, W) tensor of pixel values in [0, 1] (before normalisation); ``cropped``:
+        ``image`` is :py:meth:`image`'s result already."""
+        return transforms.to_tensor(image if cropped else self.image(image))
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         """Normalise a [0, 1] tensor (C, H, W) or batch (N, C, H, W)."""

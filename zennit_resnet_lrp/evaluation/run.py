@@ -66,6 +66,13 @@ class Shard:
     def leader(self) -> bool:
         return self.rank == 0
 
+    def barrier(self) -> None:
+        """Wait for every process of the run (nothing to wait for outside torchrun)."""
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
 
 @contextmanager
 def sharded(device: str | torch.device) -> Iterator[Shard]:
@@ -86,14 +93,6 @@ def sharded(device: str | torch.device) -> Iterator[Shard]:
         yield Shard(rank, world, str(device))
     finally:
         dist.destroy_process_group()
-
-
-def barrier(shard: Shard) -> None:
-    """Wait for every process of the run (no-op outside torchrun)."""
-    if shard.world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
 
 
 @dataclass
@@ -154,8 +153,7 @@ def evaluate(
     -------
     (rows written, failures as (image, reason))
     """
-    for name in settings.methods:
-        get_method(name)  # unknown names fail before any work
+    method_names(settings.methods)  # unknown names fail before any work
     done = {(row["model"], row["image"], row["method"]) for row in read_rows(output)}
     mine = list(samples)[rank::world]
     path = output / ("scores.jsonl" if world == 1 else f"scores.rank{rank}.jsonl")
