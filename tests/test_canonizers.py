@@ -56,10 +56,25 @@ def test_finds_blocks_in_every_family():
         assert len(lrp.residual_blocks(make_model(name, dtype=torch.float32))) == count, name
 
 
-def test_zennit_sum_rule_applies_to_residual_sum():
-    """ResidualSum is a zennit Sum: zennit's composites map it to Norm."""
+def test_zennit_composites_get_their_norm_rule_at_our_sums():
+    """zennit's composites map their stacked ``Sum`` to ``Norm``; by name they get the same rule at our sums, whose
+    operands come separately: equal to zennit's Norm on the stacked operands."""
     from zennit.composites import EpsilonPlusFlat
+    from zennit.layer import Sum
     from zennit.rules import Norm
 
-    composite = EpsilonPlusFlat()
-    assert isinstance(composite.module_map({}, "sum", lrp.ResidualSum()), Norm)
+    composite = lrp.make_composite("epsilon_plus_flat")
+    rule = composite.module_map({}, "sum", lrp.ResidualSum())
+    assert isinstance(rule, lrp.RelevanceSplit) and rule.mode == "signed"
+    assert isinstance(EpsilonPlusFlat().module_map({}, "sum", Sum()), Norm)
+    generator = torch.Generator().manual_seed(0)
+    residual, skip = (torch.randn(2, 3, 4, 4, generator=generator, dtype=torch.float64) for _ in range(2))
+    relevance = torch.randn(2, 3, 4, 4, generator=generator, dtype=torch.float64)
+
+    stacked = torch.stack([residual, skip], dim=-1).requires_grad_()
+    norm_module, norm = Sum(), Norm()
+    handle = norm.register(norm_module)
+    (expected,) = torch.autograd.grad(norm_module(stacked), stacked, relevance)
+    handle.remove()
+    ours = rule.relevance(lrp.ResidualSum(), (residual, skip), relevance)
+    torch.testing.assert_close(torch.stack(ours, dim=-1), expected, rtol=1e-12, atol=1e-12)

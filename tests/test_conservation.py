@@ -19,9 +19,9 @@ MODELS = [
 def _assert_conserved(result):
     assert float(result.conservation_error.max()) <= TOLERANCE
     for block in result.blocks:
-        assert float(lrp.attribution.relative_error(block.input, block.output).max()) <= TOLERANCE, block.name
+        assert float(lrp.relative_error(block.input, block.output).max()) <= TOLERANCE, block.name
         # what enters a block is what reached its output: the start relevance, up to rounding
-        assert float(lrp.attribution.relative_error(block.output, result.start).max()) <= TOLERANCE, block.name
+        assert float(lrp.relative_error(block.output, result.start).max()) <= TOLERANCE, block.name
 
 
 @pytest.mark.parametrize("name", MODELS)

@@ -32,15 +32,12 @@ def _layer(module: str) -> int:
 
 
 def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
-    """The package modules ``name`` imports, at any depth of its code, except under ``if TYPE_CHECKING:``."""
+    """The package modules ``name`` imports, at any depth of its code, imports for type annotations (under
+    ``if TYPE_CHECKING:``) included: a circle in the picture of the package counts, whether or not it runs."""
     tree = ast.parse(path.read_text())
     package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
-    skipped = {id(node) for guard in ast.walk(tree) if isinstance(guard, ast.If)
-               and getattr(guard.test, "id", None) == "TYPE_CHECKING" for node in ast.walk(guard)}
     targets = set()
     for node in ast.walk(tree):
-        if id(node) in skipped:
-            continue
         if isinstance(node, ast.Import):
             targets |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom):

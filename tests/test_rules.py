@@ -7,12 +7,15 @@ from zennit_resnet_lrp.layer import ResidualSum
 
 
 def _propagate(rule, module, x, relevance):
+    """The rule's relevance for a module of one input, or of several given as a stack on the last dimension."""
     hook = rule.copy()
-    return hook.relevance(module, x, relevance)
+    if isinstance(module, ResidualSum):
+        return torch.stack(hook.propagate(module, x.unbind(-1), (relevance.shape,) * x.shape[-1], relevance), -1)
+    return hook.relevance(module, (x,), relevance)
 
 
 def test_split_ratio_symmetric_identity_and_zero_over_zero():
-    stacked = torch.tensor([[3.0, 1.0], [-1.0, 3.0], [0.0, 0.0]]).double()  # [h_m, h_s]
+    stacked = torch.tensor([[3.0, 1.0], [-1.0, 3.0], [0.0, 0.0]]).double()  # operands [h_m, h_s]
     relevance = torch.tensor([4.0, 8.0, 2.0]).double()
     identity, projection = ResidualSum(identity_skip=True), ResidualSum(identity_skip=False)
     ratio = _propagate(lrp.RelevanceSplit("ratio"), identity, stacked, relevance)

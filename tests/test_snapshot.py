@@ -66,7 +66,7 @@ def test_model_restored_when_attribution_fails_midway(model, method, monkeypatch
     def broken(self, *args):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(lrp.RelevanceSplit, "split", broken)
+    monkeypatch.setattr(lrp.RelevanceSplit, "relevance", broken)
     with pytest.raises(RuntimeError, match="boom"):
         lrp.attribute(model, x, method)
     _assert_unchanged(model, before, x, output)

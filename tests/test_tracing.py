@@ -7,8 +7,6 @@ import torch
 import zennit_resnet_lrp as lrp
 from helpers import LambdaLayer, build, make_inputs, make_model
 
-pytest.importorskip("timm")
-
 TOLERANCE = 1e-5
 
 

@@ -5,21 +5,23 @@ The top level is the zennit extension (the core); ``zennit_resnet_lrp.applicatio
 writes heatmaps, ``zennit_resnet_lrp.evaluation`` measures faithfulness, ``zennit_resnet_lrp.cli`` is the command
 line. Each layer imports only the ones before it.
 """
-from .attribution import Attribution, AttributionError, START_WITH, attribute, check_conservation
+from .attribution import AttributionError, START_WITH, attribute, check_conservation
 from .canonizers import MergeBatchNorm, ResidualCanonizer, ResidualTracingWarning, residual_blocks
 from .composites import (
     DEFAULT_METHOD, IMAGENET_MEAN, IMAGENET_STD, OUR_COMPOSITES, PAPER_VARIANTS, EpsilonAlpha2Beta1Split,
     EpsilonGammaBoxSplit, EpsilonPlusFlatSplit, FlowsSkip, FlowsSkipConservative, FlowsSkipSimple, Latest,
     ResidualComposite, ResNetLRP, Simple, SplitCounterpart, UnknownCompositeError, box_bounds, make_composite,
 )
-from .conservation import DEFAULT_TOLERANCE, ConservationReport, ConservationWarning, relative_error
+from .conservation import DEFAULT_TOLERANCE, ConservationReport, ConservationWarning
 from .core import RelevanceRule
 from .layer import FunctionalPool, GatedProduct, ResidualSum
 from .recording import ModuleRelevance, RelevanceRecorder
+from .results import Attribution, relative_error
 from .rules import (
     FlatInputZPlus, GateAsWeight, MaxPoolAverageStandIn, MaxPoolProportional, MaxPoolWinnerTakesAll, PassThrough,
     PoolProportional, PositiveProportional, RelevanceSplit, ZPlus,
 )
 from .snapshot import ModelSnapshot, evaluating
+from .tracing import TraceCache
 
 __version__ = "0.1.0"

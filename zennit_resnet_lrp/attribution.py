@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
 
 import torch
 from zennit.core import Composite
@@ -12,11 +13,12 @@ from zennit.core import Composite
 from .canonizers import ResidualCanonizer, residual_blocks
 from .composites import DEFAULT_METHOD, ResidualComposite, UnknownCompositeError, make_composite
 from .conservation import (
-    DEFAULT_TOLERANCE, WARNING_TOLERANCE, ConservationReport, ConservationWarning, locate, relative_error,
-    violation_message, worst_violation,
+    DEFAULT_TOLERANCE, WARNING_TOLERANCE, ConservationReport, ConservationWarning, locate, violation_message,
+    worst_violation,
 )
 from .layer import ResidualSum
-from .recording import ModuleRelevance, RelevanceRecorder
+from .recording import RelevanceRecorder
+from .results import Attribution
 from .snapshot import evaluating
 
 # what the relevance put in at the target is: its probability (the paper), its logit, or 1
@@ -25,55 +27,6 @@ START_WITH = ("softmax", "logit", "one")
 
 class AttributionError(ValueError):
     """Bad input to :py:func:`attribute` (wrong shape, unknown method, target out of range, ...)."""
-
-
-@dataclass
-class Attribution:
-    """The result of :py:func:`attribute`.
-
-    Attributes
-    ----------
-    relevance : torch.Tensor
-        Input relevance, shape (N, C, H, W).
-    target : torch.Tensor
-        The explained class of each sample, shape (N,).
-    start : torch.Tensor
-        The relevance put in at the output for each sample, shape (N,) (chosen by ``start_with``).
-    output : torch.Tensor
-        The model's output (logits), shape (N, K).
-    blocks : list of ModuleRelevance or None
-        Relevance entering and leaving each residual block, when ``record_blocks`` was asked for.
-    untraced : list of (str, str, str)
-        ``(name, class name, reason)`` of modules the residual canonizer could not trace (their additions and gates
-        were not routed).
-    """
-
-    relevance: torch.Tensor
-    target: torch.Tensor
-    start: torch.Tensor
-    output: torch.Tensor
-    blocks: list[ModuleRelevance] | None = field(default=None)
-    untraced: list[tuple[str, str, str]] = field(default_factory=list)
-
-    @property
-    def heatmap(self) -> torch.Tensor:
-        """The relevance summed over channels, shape (N, H, W)."""
-        return self.relevance.sum(1)
-
-    @property
-    def total(self) -> torch.Tensor:
-        """The input relevance summed per sample, shape (N,)."""
-        return self.relevance.flatten(1).sum(1)
-
-    @property
-    def conservation_error(self) -> torch.Tensor:
-        """``|total - start| / |start|`` per sample."""
-        return relative_error(self.total, self.start)
-
-    @property
-    def probabilities(self) -> torch.Tensor:
-        """Softmax of the output, shape (N, K)."""
-        return self.output.softmax(1)
 
 
 def _target_tensor(target, count: int) -> torch.Tensor:
@@ -123,6 +76,9 @@ def _check_inputs(model: torch.nn.Module, inputs: torch.Tensor, start_with: str)
         raise AttributionError("inputs hold no samples (N = 0)")
     if not inputs.is_floating_point():
         raise AttributionError(f"inputs must be floating point, not {inputs.dtype}")
+    if not bool(torch.isfinite(inputs).all()):
+        bad = sorted({int(index) for index in (~torch.isfinite(inputs)).flatten(1).any(1).nonzero()[:, 0]})
+        raise AttributionError(f"inputs hold NaN or infinite values (sample(s) {', '.join(map(str, bad[:5]))})")
     if start_with not in START_WITH:
         raise AttributionError(
             f"unknown start relevance {start_with!r}; choose one of {', '.join(START_WITH)}"
@@ -189,8 +145,8 @@ def attribute(
         raise AttributionError(str(error)) from None
     if target is not None:
         target = _target_tensor(target, inputs.shape[0])
-    result = _run(model, inputs, composite, target, start_with, batch_size or inputs.shape[0], record_blocks,
-                  progress=progress)
+    watch = _blocks if record_blocks else None
+    result = _run(model, inputs, composite, _Request(target, start_with, batch_size or inputs.shape[0], progress), watch)
     if tolerance is not None:
         _warn_if_not_conserved(model, inputs, composite, result, start_with, tolerance)
     return result
@@ -224,47 +180,75 @@ def check_conservation(
     return ConservationReport(result, tolerance)
 
 
-def _run(model, inputs, composite, target, start_with, size, record_blocks, watch=None, progress=None) -> Attribution:
-    """Register ``composite`` (and a recorder of the blocks, or of the modules named in ``watch``) once, attribute
-    chunk by chunk, and restore the model."""
-    recorder = None
-    chunks = []
-    with evaluating(model):
-        try:
-            composite.register(model)
-            if watch is None and isinstance(composite, ResidualComposite) and not any(
-                    isinstance(module, ResidualSum) for module in model.modules()):
-                warnings.warn(f"found no residual addition in {type(model).__name__}: no relevance splitting applies",
-                              stacklevel=3)
-            if record_blocks or watch is not None:
-                modules = dict(model.named_modules())
-                names = watch if watch is not None else [name for name, _ in residual_blocks(model)]
-                recorder = RelevanceRecorder({name: modules[name] for name in names}).register()
-            for begin in range(0, inputs.shape[0], size):
-                chunk = inputs[begin:begin + size].detach().clone().requires_grad_(True)
-                with torch.enable_grad():
-                    output = model(chunk)
-                    if output.ndim != 2:
-                        raise AttributionError(
-                            f"the model returned shape {tuple(output.shape)}; expected logits (N, K)"
-                        )
-                    output_values = output.detach()
-                    chosen = _targets(None if target is None else target[begin:begin + size], output_values)
-                    values = _start_values(output_values, chosen, start_with)
-                    seed = torch.zeros_like(output).scatter(1, chosen[:, None], values[:, None])
-                    (relevance,) = torch.autograd.grad(output, chunk, seed)
-                chunks.append((relevance.detach(), chosen, values, output_values))
-                if progress is not None:
-                    progress(chunk.shape[0])
-            blocks = recorder.results() if recorder is not None else None
-        finally:
-            if recorder is not None:
-                recorder.remove()
-            composite.remove()
+@dataclass(frozen=True)
+class _Request:
+    """What to attribute: the targets (None: top-1), the start relevance, the chunk size and a progress callback."""
+
+    target: torch.Tensor | None
+    start_with: str
+    batch_size: int
+    progress: Callable[[int], None] | None = None
+
+
+def _blocks(model: torch.nn.Module) -> list[str]:
+    """The residual blocks, as named in the canonized model."""
+    return [name for name, _ in residual_blocks(model)]
+
+
+def _run(model, inputs, composite, request: _Request, watch: Callable[[torch.nn.Module], list[str]] | None = None,
+         ) -> Attribution:
+    """Attribute ``inputs`` chunk by chunk with ``composite`` registered once, recording the relevance at the
+    modules ``watch`` names in the canonized model; the model is restored afterwards."""
+    with _registered(model, composite, watch) as recorder:
+        chunks = [_attribute_chunk(model, inputs[begin:begin + request.batch_size], request, begin)
+                  for begin in range(0, inputs.shape[0], request.batch_size)]
+        blocks = recorder.results() if recorder is not None else None
     relevance, chosen, values, outputs = (torch.cat(column) for column in zip(*chunks))
     untraced = [entry for canonizer in getattr(composite, "canonizers", [])
                 if isinstance(canonizer, ResidualCanonizer) for entry in canonizer.untraced]
     return Attribution(relevance, chosen, values, outputs, blocks, untraced)
+
+
+@contextmanager
+def _registered(model, composite, watch) -> Iterator[RelevanceRecorder | None]:
+    """``composite`` registered on ``model`` in eval mode (and a recorder of the watched modules), taken off and the
+    model restored exactly afterwards, also on errors."""
+    recorder = None
+    with evaluating(model):
+        try:
+            if isinstance(composite, ResidualComposite):
+                composite.register(model, snapshot=False)  # evaluating() restores the model
+                if watch is None and not any(isinstance(module, ResidualSum) for module in model.modules()):
+                    warnings.warn(f"found no residual addition in {type(model).__name__}: no relevance splitting "
+                                  "applies", stacklevel=5)
+            else:
+                composite.register(model)
+            if watch is not None:
+                modules = dict(model.named_modules())
+                recorder = RelevanceRecorder({name: modules[name] for name in watch(model)}).register()
+            yield recorder
+        finally:
+            if recorder is not None:
+                recorder.remove()
+            composite.remove()
+
+
+def _attribute_chunk(model, chunk: torch.Tensor, request: _Request, begin: int) -> tuple:
+    """``(relevance, target, start, output)`` of one chunk of inputs starting at sample ``begin``."""
+    chunk = chunk.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        output = model(chunk)
+        if output.ndim != 2:
+            raise AttributionError(f"the model returned shape {tuple(output.shape)}; expected logits (N, K)")
+        output_values = output.detach()
+        target = None if request.target is None else request.target[begin:begin + chunk.shape[0]]
+        chosen = _targets(target, output_values)
+        values = _start_values(output_values, chosen, request.start_with)
+        seed = torch.zeros_like(output).scatter(1, chosen[:, None], values[:, None])
+        (relevance,) = torch.autograd.grad(output, chunk, seed)
+    if request.progress is not None:
+        request.progress(chunk.shape[0])
+    return relevance.detach(), chosen, values, output_values
 
 
 def _warn_if_not_conserved(model, inputs, composite, result, start_with, tolerance) -> None:
@@ -273,9 +257,9 @@ def _warn_if_not_conserved(model, inputs, composite, result, start_with, toleran
     worst = worst_violation(result, getattr(composite, "conservative", False), tolerance)
     if worst is None:
         return
-    names = [name for name, _ in model.named_modules() if name]
-    traced = _run(model, inputs[worst:worst + 1], composite, result.target[worst:worst + 1], start_with, 1, False,
-                  watch=names)
+    names = [name for name, _ in model.named_modules() if name]  # the model's own modules
+    one = _Request(result.target[worst:worst + 1], start_with, 1)
+    traced = _run(model, inputs[worst:worst + 1], composite, one, watch=lambda canonized: names)
     where = locate(traced.blocks or [], float(result.start[worst]), tolerance, dict(model.named_modules()))
     ratio = float(result.total[worst] / result.start[worst])
     message = violation_message(worst, ratio, float(result.conservation_error[worst]), tolerance, where)

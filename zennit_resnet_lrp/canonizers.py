@@ -15,7 +15,7 @@ from zennit.types import BatchNorm, Linear
 
 from .layer import ResidualSum
 from .snapshot import ModelSnapshot
-from .tracing import TraceFailure, may_add_or_gate, rewrite, traceable
+from .tracing import TraceCache, TraceFailure, may_add_or_gate, traceable
 
 SUM_NAME = "residual_sum"
 
@@ -28,7 +28,7 @@ def _basic_block_forward(self: BasicBlock, x: torch.Tensor) -> torch.Tensor:
     out = self.relu(self.bn1(self.conv1(x)))
     out = self.bn2(self.conv2(out))
     skip = x if self.downsample is None else self.downsample(x)
-    return self.relu(getattr(self, SUM_NAME).add(out, skip))
+    return self.relu(getattr(self, SUM_NAME)(out, skip))
 
 
 def _bottleneck_forward(self: Bottleneck, x: torch.Tensor) -> torch.Tensor:
@@ -36,7 +36,7 @@ def _bottleneck_forward(self: Bottleneck, x: torch.Tensor) -> torch.Tensor:
     out = self.relu(self.bn2(self.conv2(out)))
     out = self.bn3(self.conv3(out))
     skip = x if self.downsample is None else self.downsample(x)
-    return self.relu(getattr(self, SUM_NAME).add(out, skip))
+    return self.relu(getattr(self, SUM_NAME)(out, skip))
 
 
 # block type -> forward that routes the residual addition through a ResidualSum, written out: the direct path for
@@ -78,6 +78,8 @@ class ResidualCanonizer(Canonizer):
         Trace modules other than torchvision's blocks.
     direct : bool
         Use the written-out forward for torchvision's blocks (False traces them too: the same result, slower).
+    cache : TraceCache, optional
+        Where the traces are kept (a new one by default; copies of this canonizer share it).
 
     Attributes
     ----------
@@ -85,8 +87,10 @@ class ResidualCanonizer(Canonizer):
         After ``apply``: ``(name, class name, reason)`` of every module that could not be traced and may add or gate.
     """
 
-    def __init__(self, merge_batchnorm: bool = False, trace: bool = True, direct: bool = True) -> None:
+    def __init__(self, merge_batchnorm: bool = False, trace: bool = True, direct: bool = True,
+                 cache: TraceCache | None = None) -> None:
         self.merge_batchnorm, self.trace, self.direct = merge_batchnorm, trace, direct
+        self.cache = cache if cache is not None else TraceCache()
         self.untraced: list[tuple[str, str, str]] = []
         self.module = None
         self.added: list[str] = []
@@ -104,7 +108,7 @@ class ResidualCanonizer(Canonizer):
             if not self.trace or not traceable(module) or "forward" in module.__dict__:
                 continue  # an instance forward is someone else's rewrite: leave it
             try:
-                routed = rewrite(module)
+                routed = self.cache.rewrite(module)
             except TraceFailure as failure:
                 if may_add_or_gate(module):
                     self.untraced.append((name, type(module).__name__, str(failure)))
@@ -139,7 +143,7 @@ class ResidualCanonizer(Canonizer):
             self.module = None
 
     def copy(self) -> "ResidualCanonizer":
-        return ResidualCanonizer(self.merge_batchnorm, self.trace, self.direct)
+        return ResidualCanonizer(self.merge_batchnorm, self.trace, self.direct, self.cache)
 
 
 class MergeBatchNorm(Canonizer):

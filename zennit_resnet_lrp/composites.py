@@ -12,6 +12,7 @@ from zennit.composites import (
     register_composite,
 )
 from zennit.core import Composite, Hook
+from zennit.layer import Sum
 from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetBottleneckCanonizer, ResNetCanonizer
 from zennit.types import Activation, BatchNorm
 
@@ -21,7 +22,7 @@ from .rules import (
     DROP, FLAT, FlatInputZPlus, GateAsWeight, MaxPoolAverageStandIn, MaxPoolProportional, MaxPoolWinnerTakesAll,
     PassThrough, PoolProportional, RelevanceSplit, ZPlus,
 )
-from .snapshot import ModelSnapshot, protected
+from .snapshot import ModelSnapshot
 
 LayerMap = Sequence[tuple[tuple[type, ...] | type, Hook]]
 
@@ -65,6 +66,10 @@ class ResidualComposite:
     merge_batchnorm = False
     conservative = False
 
+    def __init__(self, *args, **kwargs) -> None:
+        self._snapshot: ModelSnapshot | None = None
+        super().__init__(*args, **kwargs)
+
     def _with_residual_canonizer(self, canonizers: Sequence[Canonizer] | None) -> list[Canonizer]:
         canonizers = list(canonizers or [])
         # zennit's ResNet canonizers would rewrite the same blocks; ours replaces them (with their BN merge)
@@ -74,24 +79,31 @@ class ResidualComposite:
             kept.insert(0, ResidualCanonizer(merge_batchnorm=merge))
         return kept
 
-    def register(self, module: torch.nn.Module) -> None:
+    def register(self, module: torch.nn.Module, snapshot: bool = True) -> None:
+        """Canonize ``module`` and register the rules, as zennit's composites do.
+
+        Parameters
+        ----------
+        module : torch.nn.Module
+        snapshot : bool
+            Record the model first and put it back exactly on :py:meth:`remove` (default). False for a caller that
+            restores the model itself (as :py:func:`~zennit_resnet_lrp.snapshot.evaluating` does).
+        """
         self.remove()
-        # inside evaluating() (attribute() and the evaluation methods) that context's snapshot restores the model
-        snapshot = None if protected(module) else ModelSnapshot(module)
+        recorded = ModelSnapshot(module) if snapshot else None
         try:
             super().register(module)  # zennit's register first calls remove(): keep the snapshot out of its reach
         except BaseException:
             super().remove()
-            if snapshot is not None:
-                snapshot.restore()
+            if recorded is not None:
+                recorded.restore()
             raise
-        self._snapshot = snapshot
+        self._snapshot = recorded
 
     def remove(self) -> None:
         super().remove()
-        snapshot = getattr(self, "_snapshot", None)
-        if snapshot is not None:
-            snapshot.restore()
+        if self._snapshot is not None:
+            self._snapshot.restore()
             self._snapshot = None
 
 
@@ -296,6 +308,14 @@ def make_composite(method: str | Composite = DEFAULT_METHOD, bounds: tuple | Non
     kwargs = {}
     if needs_box_bounds(cls):
         kwargs["low"], kwargs["high"] = bounds if bounds is not None else box_bounds()
-    if not issubclass(cls, ResidualComposite):
-        kwargs["canonizers"] = [ResidualCanonizer(merge_batchnorm=True)]
-    return cls(**kwargs)
+    if issubclass(cls, ResidualComposite):
+        return cls(**kwargs)
+    composite = cls(canonizers=[ResidualCanonizer(merge_batchnorm=True)], **kwargs)
+    if any(_maps(types, Sum) for types, _ in composite.layer_map):
+        # zennit's Norm for its stacked Sum, in the form our sums take (their operands separate)
+        composite.layer_map.insert(0, (ResidualSum, RelevanceSplit("signed")))
+    return composite
+
+
+def _maps(types: tuple[type, ...] | type, kind: type) -> bool:
+    return any(issubclass(kind, item) for item in (types if isinstance(types, tuple) else (types,)))

@@ -7,14 +7,10 @@ returns a :py:class:`ConservationReport`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
 import torch
 
 from .recording import ModuleRelevance
-
-if TYPE_CHECKING:  # the attribution module builds on this one
-    from .attribution import Attribution
+from .results import Attribution
 
 # the largest acceptable |input relevance - start| / |start| of the default (conservative) method, everywhere:
 # check_conservation(), `resnet-lrp check`; float32 rounding stays below it on ResNet-50-sized models
@@ -25,12 +21,6 @@ WARNING_TOLERANCE = 0.05
 
 class ConservationWarning(UserWarning):
     """The input relevance misses the relevance put in at the output by more than the tolerance."""
-
-
-def relative_error(value: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """``|value - reference| / |reference|`` (absolute error where the reference is 0)."""
-    scale = reference.abs()
-    return (value - reference).abs() / scale.where(scale > 0, torch.ones_like(scale))
 
 
 @dataclass
@@ -45,7 +35,7 @@ class ConservationReport:
         The largest acceptable ``|input total - start| / |start|``.
     """
 
-    attribution: "Attribution"
+    attribution: Attribution
     tolerance: float = DEFAULT_TOLERANCE
 
     @property
@@ -110,7 +100,7 @@ class ConservationReport:
         return "\n".join(lines)
 
 
-def worst_violation(result: "Attribution", conservative: bool, tolerance: float) -> int | None:
+def worst_violation(result: Attribution, conservative: bool, tolerance: float) -> int | None:
     """The sample whose error exceeds ``tolerance`` the most, or None. For methods that do not promise conservation
     only growth counts (a residual addition nobody split): the paper's variants lose relevance by design."""
     error = result.conservation_error

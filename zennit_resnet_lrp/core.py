@@ -1,12 +1,13 @@
 """How a rule runs: as an autograd function around the module's forward (the fast path) or through zennit's hooks,
 and the transposes of the linear maps the rules redistribute through.
 
-The rules themselves (:py:mod:`zennit_resnet_lrp.rules`) only say how relevance maps from a module's output to its
-input; this module decides when that code runs.
+The rules themselves (:py:mod:`zennit_resnet_lrp.rules`) only declare which inputs they keep and how relevance
+maps from a module's output to its inputs; this module runs that declaration either way.
 """
 from __future__ import annotations
 
 import copy
+import functools
 from typing import Callable
 
 import torch
@@ -16,18 +17,29 @@ Transpose = Callable[[torch.Tensor], torch.Tensor]
 
 
 class RelevanceRule(Hook):
-    """Base of the rules here: map the relevance of a module's output to its input (:py:meth:`relevance`).
+    """Base of every rule here. A rule is declared once, by two things:
 
-    Registered on a module, a rule takes over the module's backward pass in one of two ways:
+    - :py:attr:`keeps`: which of the module's inputs its relevance needs (indices; None: all, ``()``: none);
+    - :py:meth:`relevance`: the relevance of each of the module's inputs, given those inputs (None where not kept)
+      and the relevance of the module's output.
+
+    Both ways of running it are derived from that declaration here, for modules of one input or several:
 
     - ``fast = True`` (default): the module's forward runs inside an autograd function whose backward is the
-      rule. The module's own graph is never built or walked, so attribution costs the forward pass plus the rule.
-    - ``fast = False``: zennit's hook mechanism (an identity before the module whose gradient the rule replaces),
-      kept as the reference path.
+      rule (:py:class:`ForwardOverride`). The module's own graph is never built or walked, so attribution costs the
+      forward pass plus the rule, and the rule keeps no per-module state (the autograd context holds it).
+    - ``fast = False``: zennit's hooks (an identity before the module whose gradient the rule replaces), the
+      reference path.
 
-    One instance serves as a template; zennit registers copies. The fast path keeps no per-module state on the
-    rule (the autograd context holds it), so there a "copy" is the template itself: registering allocates next to
-    nothing, which keeps Python's garbage collector out of the way.
+    A rule for a new layer type, both paths included::
+
+        class Halves(RelevanceRule):
+            \"\"\"``a * b``: half of the relevance to each factor.\"\"\"
+
+            keeps = ()  # reads no input
+
+            def relevance(self, module, inputs, relevance):
+                return relevance / 2, relevance / 2
 
     Parameters
     ----------
@@ -35,31 +47,53 @@ class RelevanceRule(Hook):
         Run as an autograd function around the module's forward (True) or through zennit's hooks (False).
     """
 
-    # False for rules that do not read the module's input (the autograd function then keeps none)
-    needs_input = True
+    keeps: tuple[int, ...] | None = None
 
     def __init__(self, fast: bool = True) -> None:
         super().__init__()
         self.fast = fast
 
-    def forward(self, module, input, output):  # noqa: A002 - zennit's signature (three names: no kwargs)
-        self.stored_tensors["input"] = input[0].detach()
-
-    def backward(self, module, grad_input, grad_output):
-        return (self.relevance(module, self.stored_tensors["input"], grad_output[0]),)
-
-    def relevance(self, module: torch.nn.Module, input: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
-        """Return the relevance of ``input`` given the ``relevance`` of the module's output."""
+    def relevance(self, module: torch.nn.Module, inputs: tuple, relevance: torch.Tensor):
+        """The relevance of each input of ``module`` (a tensor for a module of one input, else a tuple; None gives an
+        input no relevance), given its ``inputs`` (None where :py:attr:`keeps` leaves one out) and the ``relevance``
+        of its output."""
         raise NotImplementedError
 
-    def relevance_of_inputs(self, module: torch.nn.Module, inputs: tuple, relevance: torch.Tensor) -> tuple:
-        """The relevance of each of the module's inputs (one for most modules)."""
-        return (self.relevance(module, inputs[0], relevance),)
+    # -- the machinery: what each path keeps, and the rule's result made to fit the inputs --
 
-    def kept_inputs(self, inputs: tuple) -> tuple:
-        """What the fast path keeps of the module's inputs for :py:meth:`relevance_of_inputs` (None for an input the
-        rule does not read): all of them, or none where ``needs_input`` is False."""
-        return inputs if self.needs_input else ()
+    def kept(self, inputs: tuple) -> tuple:
+        """What is kept of ``inputs`` for :py:meth:`relevance`: the inputs :py:attr:`keeps` names, None for the others."""
+        if self.keeps is None:
+            return tuple(inputs)
+        return tuple(x if index in self.keeps else None for index, x in enumerate(inputs))
+
+    def propagate(self, module: torch.nn.Module, kept: tuple, shapes: tuple, relevance: torch.Tensor) -> tuple:
+        """:py:meth:`relevance` as one tensor per input: an input's relevance summed to its shape where it was
+        broadcast, zeros where the rule gives it none (zennit's hooks on that branch expect a tensor), None for an
+        input that is not a tensor (``shapes`` holds None there)."""
+        result = self.relevance(module, kept, relevance)
+        if not isinstance(result, tuple):
+            result = (result,)
+        fitted = []
+        for value, shape in zip(result, shapes):
+            if shape is None:
+                fitted.append(None)
+            elif value is None:
+                fitted.append(relevance.new_zeros(shape))
+            else:
+                fitted.append(value if value.shape == shape else value.sum_to_size(shape))
+        return tuple(fitted)
+
+    # -- the hook path: zennit's Hook, storing the kept inputs per module --
+
+    def forward(self, module, input, output):  # noqa: A002 - zennit's signature (three names: no kwargs)
+        self.stored_tensors["inputs"] = tuple(None if x is None else x.detach() for x in self.kept(input))
+        self.stored_tensors["shapes"] = _shapes(input)
+
+    def backward(self, module, grad_input, grad_output):
+        return self.propagate(module, self.stored_tensors["inputs"], self.stored_tensors["shapes"], grad_output[0])
+
+    # -- the fast path, and how zennit finds the rule --
 
     def marker(self, module: torch.nn.Module, args: tuple) -> None:
         """A forward pre-hook that does nothing. The fast path registers it, bound to the rule, so that tools which
@@ -72,6 +106,9 @@ class RelevanceRule(Hook):
         return ForwardOverride(module, self)
 
     def copy(self) -> "RelevanceRule":
+        """The instance to register on one module: the hook path stores tensors per module, so it needs its own
+        copy; the fast path keeps nothing on the rule, so one instance serves every module (registering then
+        allocates next to nothing, which keeps Python's garbage collector out of the way)."""
         if self.fast:
             return self
         clone = copy.copy(self)
@@ -79,26 +116,40 @@ class RelevanceRule(Hook):
         return clone
 
 
+def _shapes(inputs: tuple) -> tuple:
+    return tuple(x.shape if isinstance(x, torch.Tensor) else None for x in inputs)
+
+
 class _Propagate(torch.autograd.Function):
     """The module's forward without a graph; the rule as its backward."""
 
     @staticmethod
     def forward(ctx, rule, module, forward, *inputs):
-        ctx.rule, ctx.module = rule, module
-        ctx.save_for_backward(*rule.kept_inputs(inputs))
-        return forward(*inputs)
+        ctx.rule, ctx.module, ctx.shapes = rule, module, _shapes(inputs)
+        kept = rule.kept(inputs)
+        ctx.positions = [index for index, x in enumerate(kept) if isinstance(x, torch.Tensor)]
+        ctx.save_for_backward(*(kept[index] for index in ctx.positions))
+        output = forward(*inputs)
+        # an output that aliases an input would be a view of it that later in-place operations may not modify
+        if any(output is x or output._base is x or output._base is not None and output._base is x._base
+               for x in inputs if isinstance(x, torch.Tensor)):
+            output = output.clone()
+        return output
 
     @staticmethod
     def backward(ctx, relevance):
-        inputs = ctx.saved_tensors or (None,)
-        return (None, None, None, *ctx.rule.relevance_of_inputs(ctx.module, inputs, relevance))
+        kept = [None] * len(ctx.shapes)
+        for index, tensor in zip(ctx.positions, ctx.saved_tensors):
+            kept[index] = tensor
+        return (None, None, None, *ctx.rule.propagate(ctx.module, tuple(kept), ctx.shapes, relevance))
 
 
 class ForwardOverride:
     """Routes a module's forward through :py:class:`_Propagate` while registered; ``remove()`` undoes it.
 
     The instance itself is the module's forward (one small object per module, no closure); the rule's
-    :py:meth:`~RelevanceRule.marker` sits among the module's forward pre-hooks, as zennit's hooks do."""
+    :py:meth:`~RelevanceRule.marker` sits among the module's forward pre-hooks, as zennit's hooks do. Keyword
+    arguments reach the forward as they are (the rule gives them no relevance)."""
 
     __slots__ = ("module", "rule", "previous", "marker")
 
@@ -115,10 +166,11 @@ class ForwardOverride:
         return type(self.module).forward(self.module, *inputs, **kwargs)
 
     def __call__(self, *inputs, **kwargs):
-        if kwargs or not self.rule.active or not torch.is_grad_enabled() \
+        if not self.rule.active or not torch.is_grad_enabled() \
                 or not any(getattr(x, "requires_grad", False) for x in inputs):
             return self.original_forward(*inputs, **kwargs)
-        return _Propagate.apply(self.rule, self.module, self.original_forward, *inputs)
+        forward = functools.partial(self.original_forward, **kwargs) if kwargs else self.original_forward
+        return _Propagate.apply(self.rule, self.module, forward, *inputs)
 
     def remove(self) -> None:
         module = self.module

@@ -1,54 +1,51 @@
-"""The explicit residual sum that canonizers route a block's addition through."""
+"""The explicit modules that canonizers route a model's additions, gates and functional operations through, so that
+composites can give them rules."""
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
-from zennit.layer import Sum
 
 
-class ResidualSum(Sum):
-    """Sum of a residual block's two branches, ``h_out = h_m + h_s``.
-
-    The input is the two branches stacked on the last dimension: index ``RESIDUAL`` (0) holds the residual
-    branch ``h_m``, index ``SKIP`` (1) the skip branch ``h_s``. Being a :py:class:`zennit.layer.Sum`, zennit's own
-    composites (which map ``Sum`` to ``Norm``) apply to it unchanged.
+class ResidualSum(torch.nn.Module):
+    """A residual sum, ``h_out = sum_i sign_i h_i``, called with its operands as separate tensors:
+    ``sum(residual, skip)`` for a residual block, any number of operands for a many-way sum.
 
     Parameters
     ----------
     identity_skip : bool
-        True when the skip is the identity (an "S-block"), False when it is a projection (``downsample``,
-        a "D-block"). Splitting rules read this to treat the two kinds differently.
-
-    Attributes
-    ----------
-    separate_branches : bool
-        How :py:meth:`add` hands the branches to ``forward``: stacked (False, the default: zennit's ``Sum`` rules and
-        every hook read one input) or as two tensors (True: set while a rule that takes them separately, the fast
-        :py:class:`~zennit_resnet_lrp.rules.RelevanceSplit`, is registered; no stacking, no copy).
+        True when the skip operand is the block's input itself (an "S-block"), False when it went through a
+        projection (a "D-block"). Splitting rules read this to treat the two kinds differently.
+    skip : int
+        Which operand is the skip (the one reached from the block's input through the least computation); the last
+        by default.
+    signs : sequence of +1 / -1, optional
+        The sign of each operand (``a - b``: ``(1, -1)``); all +1 by default.
     """
 
-    RESIDUAL = 0
-    SKIP = 1
-    separate_branches = False
+    def __init__(self, identity_skip: bool = True, skip: int = -1, signs: Sequence[int] | None = None) -> None:
+        super().__init__()
+        self.identity_skip, self.skip = identity_skip, skip
+        self.signs = None if signs is None or all(sign == 1 for sign in signs) else tuple(signs)
 
-    def __init__(self, identity_skip: bool = True) -> None:
-        super().__init__(dim=-1)
-        self.identity_skip = identity_skip
-
-    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        """The stacked branches summed over the last dimension; or, given two tensors, their sum."""
-        if len(inputs) == 2:
-            return inputs[0] + inputs[1]
-        return super().forward(*inputs)
+    def forward(self, *operands: torch.Tensor) -> torch.Tensor:
+        if self.signs is None:
+            total = operands[0] + operands[1]
+            for operand in operands[2:]:
+                total = total + operand
+            return total
+        total = operands[0] if self.signs[0] == 1 else -operands[0]
+        for sign, operand in zip(self.signs[1:], operands[1:]):
+            total = total + operand if sign == 1 else total - operand
+        return total
 
     def add(self, residual: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        """Return ``residual + skip`` through this module, so that rules and hooks on it see both branches
-        (stacked, as zennit's ``Sum`` rules expect, unless :py:attr:`separate_branches`)."""
-        if self.separate_branches:
-            return self(residual, skip)
-        return self(torch.stack([residual, skip], dim=-1))
+        """``residual + skip`` through this module: the by-hand route for a block the canonizer cannot trace."""
+        return self(residual, skip)
 
     def extra_repr(self) -> str:
-        return f"identity_skip={self.identity_skip}"
+        signs = "" if self.signs is None else f", signs={self.signs}"
+        return f"identity_skip={self.identity_skip}, skip={self.skip}{signs}"
 
 
 class GatedProduct(torch.nn.Module):

@@ -64,11 +64,9 @@ class RelevanceRecorder:
         self.sums: dict[tuple[str, str], list[torch.Tensor]] = {}
         self.handles: list = []
 
-    def _store(self, name: str, where: str, index: int | None = None):
+    def _store(self, name: str, where: str):
         def hook(grad: torch.Tensor) -> None:
-            self.sums.setdefault((name, where), []).append(
-                _per_sample_sum(grad if index is None else grad[..., index])
-            )
+            self.sums.setdefault((name, where), []).append(_per_sample_sum(grad))
         return hook
 
     def register(self) -> "RelevanceRecorder":
@@ -97,12 +95,11 @@ class RelevanceRecorder:
 
     def _skip_hook(self, name):
         def hook(module, args):
-            # the sum's inputs: the two branches, or both stacked on the last dimension (ResidualSum.add)
-            index = 1 if len(args) == 2 else 0
+            index = module.skip % len(args)  # the sum's operands: which one is the skip
             if not args[index].requires_grad:
                 return None
             watched = args[index].clone()
-            watched.register_hook(self._store(name, "skip", None if index else ResidualSum.SKIP))
+            watched.register_hook(self._store(name, "skip"))
             return (*args[:index], watched, *args[index + 1:])
         return hook
 

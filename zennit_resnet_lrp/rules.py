@@ -13,8 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.modules.utils import _pair
 
-from .core import ForwardOverride, RelevanceRule, Transpose, convolution_transpose, layout, linearised, weighted_map
-from .layer import ResidualSum
+from .core import RelevanceRule, Transpose, convolution_transpose, layout, linearised, weighted_map
 
 DROP = "drop"
 FLAT = "flat"
@@ -27,101 +26,102 @@ class PassThrough(RelevanceRule):
     (see :py:class:`~zennit_resnet_lrp.core.RelevanceRule`).
     """
 
-    needs_input = False
+    keeps = ()
 
-    def relevance(self, module, input, relevance):
+    def relevance(self, module, inputs, relevance):
         return relevance
 
 
 class GateAsWeight(RelevanceRule):
     """For a :py:class:`~zennit_resnet_lrp.layer.GatedProduct` ``features * gate``: the gate acts as a weight, so all
-    relevance goes to the gated features and none to the gate (squeeze-excitation, ECA, ...).
+    relevance goes to the gated features and none to the gate (squeeze-excitation, ECA, ...)."""
 
-    The gate gets zeros rather than no gradient: zennit's rules on the gate's branch expect a tensor."""
+    keeps = ()
 
-    def forward(self, module, input, output):  # noqa: A002 - zennit's signature; the hook path keeps the gate's shape
-        self.stored_tensors["gate"] = input[1].detach()
-
-    def backward(self, module, grad_input, grad_output):
-        return grad_output[0], torch.zeros_like(self.stored_tensors["gate"])
-
-    def kept_inputs(self, inputs):
-        return None, inputs[1]  # the gate alone, for its shape: the features would stay in memory for nothing
-
-    def relevance_of_inputs(self, module, inputs, relevance):
-        return relevance, torch.zeros_like(inputs[1])
+    def relevance(self, module, inputs, relevance):
+        return relevance, None
 
 
 class RelevanceSplit(RelevanceRule):
-    """Relevance Splitting at a :py:class:`ResidualSum`: ``R_m = rho R`` to the residual branch, ``R_s = (1 - rho) R``
-    to the skip, so ``R_m + R_s = R`` element-wise.
+    """Relevance Splitting at a :py:class:`ResidualSum` of operands ``h_i``: operand ``i`` gets ``rho_i R`` with
+    ``sum_i rho_i = 1``, so the operands' relevance adds up to ``R`` element-wise. For a residual block's two
+    operands, ``R_m = rho R`` to the residual branch and ``R_s = (1 - rho) R`` to the skip.
 
     Parameters
     ----------
-    mode : {"ratio", "symmetric"}
-        ``ratio``: ``rho = |h_m| / (|h_m| + |h_s|)``, with ``rho = 1/2`` where both branches are 0.
-        ``symmetric``: ``rho = 1/2``.
+    mode : {"ratio", "symmetric", "signed"}
+        ``ratio``: ``rho_i = |h_i| / sum_j |h_j|``, an even split where all are 0. ``symmetric``: ``rho_i = 1/n``.
+        ``signed``: ``rho_i = s_i h_i / (sum_j s_j h_j + epsilon)`` (``s_i`` the operand's sign), zennit's ``Norm``
+        for sums, which conserves only up to the stabiliser and may hand out negative shares.
     split_identity : bool
-        Split at identity skips too. If False, an identity skip gets nothing (``rho = 1``) and only projection skips
-        are split, as in the reference's ``latest`` and ``simple`` variants.
+        Split at identity skips too. If False, an identity skip gets nothing and the other operands share all, as
+        in the reference's ``latest`` and ``simple`` variants.
+    epsilon : float
+        The stabiliser of the ``signed`` mode (zennit's default, 1e-6).
     fast : bool
-        See :py:class:`~zennit_resnet_lrp.core.RelevanceRule`. On the fast path the sum hands the two branches over
-        separately (:py:attr:`ResidualSum.separate_branches`), so they are never stacked.
+        See :py:class:`~zennit_resnet_lrp.core.RelevanceRule`.
     """
 
-    MODES = ("ratio", "symmetric")
+    MODES = ("ratio", "symmetric", "signed")
 
-    def __init__(self, mode: str = "ratio", split_identity: bool = True, fast: bool = True) -> None:
+    def __init__(self, mode: str = "ratio", split_identity: bool = True, epsilon: float = 1e-6,
+                 fast: bool = True) -> None:
         super().__init__(fast)
         if mode not in self.MODES:
             raise ValueError(f"unknown split mode {mode!r}; choose one of {', '.join(self.MODES)}")
-        self.mode = mode
-        self.split_identity = split_identity
+        self.mode, self.split_identity, self.epsilon = mode, split_identity, float(epsilon)
 
-    def split(self, module, residual: torch.Tensor, skip: torch.Tensor, relevance: torch.Tensor) -> tuple:
-        """``(R_m, R_s)`` for the residual and skip branch."""
+    @property
+    def keeps(self) -> tuple[int, ...] | None:
+        return () if self.mode == "symmetric" else None
+
+    def relevance(self, module, inputs, relevance):
+        count = len(inputs)
+        shares = list(range(count))
         if getattr(module, "identity_skip", False) and not self.split_identity:
-            return relevance, torch.zeros_like(relevance)
-        if self.mode == "symmetric":
-            to_residual = relevance * 0.5
-            return to_residual, relevance - to_residual
-        magnitude = residual.abs()
-        total = skip.abs().add_(magnitude)
-        to_residual = magnitude.div_(total).nan_to_num_(nan=0.5).mul_(relevance)  # 0/0: an even split
-        return to_residual, torch.sub(relevance, to_residual, out=total)  # total is spent: reuse its memory
+            shares.remove(getattr(module, "skip", -1) % count)  # the identity skip gets nothing
+        result = [None] * count
+        if len(shares) == 1:
+            result[shares[0]] = relevance
+        elif self.mode == "symmetric":
+            part = relevance / len(shares)
+            for index in shares[:-1]:
+                result[index] = part
+            result[shares[-1]] = relevance - part * (len(shares) - 1)
+        elif self.mode == "ratio":
+            self._ratio([inputs[index] for index in shares], relevance, shares, result)
+        else:
+            self._signed(module, inputs, relevance, result)
+        return tuple(result)
 
-    def relevance(self, module, input, relevance):
-        """The stacked form (zennit's hooks): ``input[..., RESIDUAL]`` and ``input[..., SKIP]``."""
-        parts = [None, None]
-        parts[ResidualSum.RESIDUAL], parts[ResidualSum.SKIP] = self.split(
-            module, input[..., ResidualSum.RESIDUAL], input[..., ResidualSum.SKIP], relevance
-        )
-        return torch.stack(parts, dim=-1)
+    @staticmethod
+    def _ratio(operands: list, relevance: torch.Tensor, shares: list, result: list) -> None:
+        """``rho_i = |h_i| / sum_j |h_j|``, an even split where all are 0; the last operand gets what the others
+        leave, so the shares add up to ``R`` exactly."""
+        magnitudes = [operand.abs() for operand in operands]
+        total = magnitudes[0] + magnitudes[1]  # a new tensor of the broadcast shape
+        for magnitude in magnitudes[2:]:
+            total = total + magnitude
+        even = 1 / len(operands)
+        same = total.shape == relevance.shape
+        parts = []
+        for magnitude in magnitudes[:-1]:
+            if same and magnitude.shape == total.shape:  # in place: these tensors are ours; the split is memory-bound
+                parts.append(magnitude.div_(total).nan_to_num_(nan=even).mul_(relevance))
+            else:
+                parts.append((magnitude / total).nan_to_num_(nan=even) * relevance)
+        rest = torch.sub(relevance, parts[0], out=total) if same else relevance - parts[0]  # total is spent
+        for part in parts[1:]:
+            rest.sub_(part)
+        for index, part in zip(shares, [*parts, rest]):
+            result[index] = part
 
-    def relevance_of_inputs(self, module, inputs, relevance):
-        if len(inputs) == 2:
-            return self.split(module, inputs[0], inputs[1], relevance)
-        return (self.relevance(module, inputs[0], relevance),)
-
-    def register(self, module):
-        handle = super().register(module)
-        if isinstance(handle, ForwardOverride) and isinstance(module, ResidualSum):
-            return _SeparateBranches(module, handle)
-        return handle
-
-
-class _SeparateBranches:
-    """Sets :py:attr:`ResidualSum.separate_branches` while the split's forward override is registered."""
-
-    __slots__ = ("module", "handle")
-
-    def __init__(self, module: ResidualSum, handle: ForwardOverride) -> None:
-        self.module, self.handle = module, handle
-        module.separate_branches = True
-
-    def remove(self) -> None:
-        self.handle.remove()
-        self.module.__dict__.pop("separate_branches", None)
+    def _signed(self, module, inputs, relevance, result) -> None:
+        signs = getattr(module, "signs", None) or (1,) * len(inputs)
+        output = sum(sign * operand for sign, operand in zip(signs, inputs))
+        scaled = relevance / (output + ((output == 0).to(output) + output.sign()) * self.epsilon)  # zennit's
+        for index, (sign, operand) in enumerate(zip(signs, inputs)):
+            result[index] = sign * operand * scaled
 
 
 class PositiveProportional(RelevanceRule):
@@ -164,7 +164,13 @@ class PositiveProportional(RelevanceRule):
         for _, output, transpose in self.maps(module, torch.ones_like(input)):
             yield output, transpose
 
-    def relevance(self, module, input, relevance):
+    keeps = (0,)
+
+    def relevance(self, module, inputs, relevance):
+        return self.proportional(module, inputs[0], relevance)
+
+    def proportional(self, module: torch.nn.Module, input: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
+        """``a * f^T(R / f(a))`` over the parts of :py:meth:`maps`, with the fallback of ``unsupported``."""
         maps = self.maps(module, input)
         output = maps[0][1] if len(maps) == 1 else sum(out for _, out, _ in maps)
         tiny = torch.finfo(output.dtype).tiny ** 0.5
@@ -293,6 +299,8 @@ class MaxPoolProportional(PositiveProportional):
 class MaxPoolWinnerTakesAll(RelevanceRule):
     """Conservative max-pool rule: each output's relevance goes to the input that won the max (its gradient)."""
 
-    def relevance(self, module, input, relevance):
-        _, transpose = linearised(lambda x: type(module).forward(module, x), input)
+    keeps = (0,)
+
+    def relevance(self, module, inputs, relevance):
+        _, transpose = linearised(lambda x: type(module).forward(module, x), inputs[0])
         return transpose(relevance)

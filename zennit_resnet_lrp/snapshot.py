@@ -80,21 +80,10 @@ _EMPTY: dict = {}  # shared, never written
 @contextmanager
 def evaluating(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
     """Run with ``model`` in eval mode, then put it back exactly as it was (:py:class:`ModelSnapshot`), also when
-    an exception is raised. Composites of ours registered inside rely on this snapshot instead of taking their
-    own, so remove them before the context ends."""
+    an exception is raised."""
     snapshot = ModelSnapshot(model)
-    _PROTECTED.add(id(model))
     try:
         model.eval()
         yield model
     finally:
-        _PROTECTED.discard(id(model))
         snapshot.restore()
-
-
-def protected(model: torch.nn.Module) -> bool:
-    """Whether ``model`` is inside :py:func:`evaluating`, whose snapshot will restore it."""
-    return id(model) in _PROTECTED
-
-
-_PROTECTED: set[int] = set()

@@ -11,6 +11,10 @@ dependent control flow, say) costs only that module. What is found:
   :py:class:`~zennit_resnet_lrp.layer.GatedProduct`.
 - activations and average pools in functional form (``F.relu``, ``x.mean((2, 3))``, ``F.adaptive_avg_pool2d``,
   ``F.avg_pool2d``): routed through the equivalent modules, so that composites give them their rules.
+
+The steps, one function each: :py:func:`trace` the forward, :py:class:`Analysis` of its graph (what depends on the
+input, what each node is computed from), one ``_route_*`` function per kind of operation deciding whether and how it
+is routed, :py:func:`_insert` to put the routing module in the graph, and :py:func:`_compile` for the new forward.
 """
 from __future__ import annotations
 
@@ -18,9 +22,8 @@ import inspect
 import operator
 import re
 import types
-import weakref
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 import torch.fx
@@ -77,6 +80,15 @@ class Rewrite:
         return list(self.children)
 
 
+class Route(NamedTuple):
+    """How one operation is routed: through a new child named after ``base``, made by ``make``, called on
+    ``operands`` (nodes of the graph)."""
+
+    base: str
+    make: Callable[[], torch.nn.Module]
+    operands: tuple
+
+
 class _OwnForwardTracer(torch.fx.Tracer):
     """Traces the root module's own forward only: every child is called as a leaf."""
 
@@ -103,120 +115,154 @@ def may_add_or_gate(module: torch.nn.Module) -> bool:
     return bool(re.search(r"\+|\badd_?\(|\bmul_?\(|[^*\s(,]\s*\*\s*[^*\s]", body))
 
 
-_CACHE: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKeyDictionary()
+class TraceCache:
+    """Rewrites already made, by the structure of the module they were made for: its class, training flag, plain
+    attributes (which tracing reads as constants) and children (their names, types, sizes and whether they are the
+    identity). Modules of the same structure, in one model or several, share one trace. A residual canonizer holds
+    one; hold on to the composite (and so its canonizer) to keep the traces between attributions."""
+
+    def __init__(self) -> None:
+        self._rewrites: dict[tuple, Rewrite | TraceFailure | None] = {}
+
+    def rewrite(self, module: torch.nn.Module) -> Rewrite | None:
+        """:py:func:`rewrite`, made once per structure; raises :py:class:`TraceFailure` as it does."""
+        key = structure(module)
+        if key is None:
+            return rewrite(module)
+        if key not in self._rewrites:
+            try:
+                self._rewrites[key] = rewrite(module)
+            except TraceFailure as failure:
+                self._rewrites[key] = failure
+        result = self._rewrites[key]
+        if isinstance(result, TraceFailure):
+            raise result
+        return result
+
+
+def structure(module: torch.nn.Module) -> tuple | None:
+    """What a module's rewrite depends on, as a hashable key; None when a plain attribute cannot be hashed."""
+    children = tuple((name, type(child), _plain(child), _size(child), _is_identity(child))
+                     for name, child in module.named_children())
+    key = (type(module), module.training, _plain(module), children, tuple(module._parameters),
+           tuple(module._buffers))
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
+def _plain(module: torch.nn.Module) -> tuple:
+    """A module's plain attributes (tracing reads them as constants; a child's too, as in ``self.conv.stride``)."""
+    return tuple(sorted((key, value) for key, value in vars(module).items()
+                        if not key.startswith("_") and key != "forward"))
+
+
+def _size(module: torch.nn.Module) -> int:
+    """The number of leaf modules in ``module`` (at least 1): the computation it stands for."""
+    return max(1, sum(1 for child in module.modules() if not list(child.children())))
+
+
+def _is_identity(module: torch.nn.Module) -> bool:
+    """``nn.Identity`` or an empty ``nn.Sequential``: the identity written as a module."""
+    return isinstance(module, torch.nn.Identity) or type(module) is torch.nn.Sequential and not len(module)
 
 
 def rewrite(module: torch.nn.Module) -> Rewrite | None:
-    """The rewritten forward of ``module``, or None when its forward has nothing to route.
+    """The rewritten forward of ``module``, or None when its forward has nothing to route. Raises
+    :py:class:`TraceFailure` when the forward cannot be traced."""
+    graph = trace(module)
+    analysis = Analysis(module, graph)
+    names = _ChildNames(module)
+    for node in list(graph.nodes):
+        route = _route_sum(node, analysis) or _route_product(node, analysis) or _route_function(node, analysis)
+        if route is not None:
+            _insert(graph, node, route, names, analysis)
+    if not names.made:
+        return None
+    return Rewrite(forward=_compile(graph, module), children=names.made)
 
-    Cached per module while its class, training flag and children (the same objects) stay the same (tracing costs
-    milliseconds, and composites canonize on every registration). Raises :py:class:`TraceFailure` when the forward
-    cannot be traced.
-    """
-    key = (type(module), module.training,
-           tuple((name, id(child), type(child)) for name, child in module.named_children()))
-    cached = _CACHE.get(module)
-    if cached is not None and cached[0] == key:
-        if isinstance(cached[1], TraceFailure):
-            raise cached[1]
-        return cached[1]
+
+def trace(module: torch.nn.Module) -> torch.fx.Graph:
+    """The graph of ``module``'s own forward, children as leaves; raises :py:class:`TraceFailure`."""
     try:
-        result = _rewrite(module)
-    except TraceFailure as failure:
-        _CACHE[module] = (key, failure)
-        raise
-    _CACHE[module] = (key, result)
-    return result
-
-
-def _rewrite(module: torch.nn.Module) -> Rewrite | None:
-    try:
-        graph = _OwnForwardTracer().trace(module)
+        return _OwnForwardTracer().trace(module)
     except Exception as error:  # tracing fails in many ways (TraceError, TypeError, NotImplementedError, ...)
         raise TraceFailure(f"{type(error).__name__}: {' '.join(str(error).split())[:200]}") from None
-    nodes = list(graph.nodes)
-    order = {node: index for index, node in enumerate(nodes)}
-    ancestors: dict[Node, frozenset] = {}
-    for node in nodes:
-        ancestors[node] = frozenset({node}).union(*(ancestors[n] for n in node.all_input_nodes))
-    dependent = {node for node in nodes if any(a.op == "placeholder" for a in ancestors[node])}
-    sizes = {name: max(1, sum(1 for m in child.modules() if not list(m.children())))
-             for name, child in module.named_modules() if name}
-    identities = {name for name, child in module.named_modules() if name and (
-        isinstance(child, torch.nn.Identity) or type(child) is torch.nn.Sequential and not len(child))}
-    result = Rewrite(forward=None)
-    taken = set(dict(module.named_children())) | set(dict(module.named_parameters(recurse=False))) \
-        | set(dict(module.named_buffers(recurse=False))) | set(vars(module))
 
-    def new_child(base: str, make: Callable[[], torch.nn.Module]) -> str:
-        name, index = base, 0
-        while name in taken:
-            index += 1
-            name = f"{base}_{index}"
-        taken.add(name)
-        result.children[name] = make
-        return name
 
-    def passes_through(node: Node) -> bool:  # nn.Identity, an empty nn.Sequential: the identity as a module
-        return node.op == "call_module" and node.target in identities
+class Analysis:
+    """What the routing decisions read off a traced graph: each node's position and ancestors (itself included),
+    which nodes depend on the module's input, and how much computation each child module stands for."""
 
-    def cost(node: Node, branch: Node) -> int:
+    def __init__(self, module: torch.nn.Module, graph: torch.fx.Graph) -> None:
+        self.module = module
+        self.order: dict[Node, int] = {}
+        self.ancestors: dict[Node, frozenset] = {}
+        for index, node in enumerate(graph.nodes):
+            self.order[node] = index
+            self.ancestors[node] = frozenset({node}).union(*(self.ancestors[n] for n in node.all_input_nodes))
+        self.dependent = {node for node in graph.nodes
+                          if any(a.op == "placeholder" for a in self.ancestors[node])}
+        self.sizes = {name: _size(child) for name, child in module.named_modules() if name}
+        self.identities = {name for name, child in module.named_modules() if name and _is_identity(child)}
+
+    def passes_through(self, node: Node) -> bool:
+        """Whether ``node`` calls a child that is the identity."""
+        return node.op == "call_module" and node.target in self.identities
+
+    def cost(self, node: Node, branch: Node) -> int:
+        """The computation between ``branch`` and ``node``: leaf modules (identities free) and operations."""
         weight = 0
-        for item in ancestors[node] - ancestors[branch]:
-            if item.op == "call_module" and not passes_through(item):
-                weight += sizes.get(item.target, 1)
+        for item in self.ancestors[node] - self.ancestors[branch]:
+            if item.op == "call_module" and not self.passes_through(item):
+                weight += self.sizes.get(item.target, 1)
             elif item.op in ("call_function", "call_method"):
                 weight += 1
         return weight
 
-    for node in nodes:
-        kind, operands = _binary(node)
-        if kind is not None and all(o in dependent for o in operands):
-            if kind == "add":
-                common = ancestors[operands[0]] & ancestors[operands[1]]
-                if not common:
-                    continue
-                branch = max(common, key=order.__getitem__)
-                first, second = operands
-                skip, residual = (first, second) if cost(first, branch) < cost(second, branch) else (second, first)
-                plain = skip
-                while passes_through(plain) and isinstance(plain.args[0], Node):
-                    plain = plain.args[0]
-                identity = plain is branch
-                name = new_child("residual_sum", lambda identity=identity: ResidualSum(identity_skip=identity))
-                with graph.inserting_before(node):
-                    sum_module = graph.get_attr(name)
-                    routed = graph.call_method("add", (sum_module, residual, skip))
-            else:
-                gates = [_is_gate(o, module) for o in operands]
-                if gates.count(True) != 1:
-                    continue
-                gate, features = (operands[0], operands[1]) if gates[0] else (operands[1], operands[0])
-                name = new_child("gated_product", GatedProduct)
-                with graph.inserting_before(node):
-                    routed = graph.call_module(name, (features, gate))
-        else:
-            made = _functional_module(node, dependent)
-            if made is None:
-                continue
-            base, make = made
-            name = new_child(base, make)
-            with graph.inserting_before(node):
-                routed = graph.call_module(name, (node.args[0],))
-        # the routed node stands in for the original in every later decision
-        ancestors[routed], order[routed] = ancestors[node] | {routed}, order[node]
-        if node in dependent:
-            dependent.add(routed)
-        node.replace_all_uses_with(routed)
-        graph.erase_node(node)
-    if not result.children:
-        return None
+    def replace(self, node: Node, routed: Node) -> None:
+        """``routed`` stands in for ``node`` in every later decision."""
+        self.ancestors[routed], self.order[routed] = self.ancestors[node] | {routed}, self.order[node]
+        if node in self.dependent:
+            self.dependent.add(routed)
+
+
+class _ChildNames:
+    """Names for the children a rewrite adds, unused by anything the module has (children, parameters, buffers,
+    instance and class attributes), and the factory of each."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.module = module
+        self.made: dict[str, Callable[[], torch.nn.Module]] = {}
+
+    def new(self, base: str, make: Callable[[], torch.nn.Module]) -> str:
+        name, index = base, 0
+        while name in self.made or hasattr(self.module, name):
+            index += 1
+            name = f"{base}_{index}"
+        self.made[name] = make
+        return name
+
+
+def _insert(graph: torch.fx.Graph, node: Node, route: Route, names: _ChildNames, analysis: Analysis) -> None:
+    """Call a new child instead of ``node``."""
+    name = names.new(route.base, route.make)
+    with graph.inserting_before(node):
+        routed = graph.call_module(name, route.operands)
+    analysis.replace(node, routed)
+    node.replace_all_uses_with(routed)
+    graph.erase_node(node)
+
+
+def _compile(graph: torch.fx.Graph, module: torch.nn.Module) -> Callable:
+    """The graph's code as a forward function of ``(self, *inputs)``."""
     graph.lint()
     code = graph.python_code(root_module="self")
     namespace = dict(code.globals)
     exec(compile(code.src, f"<forward of {type(module).__qualname__}, traced>", "exec"), namespace)  # noqa: S102
-    result.forward = namespace["forward"]
-    return result
+    return namespace["forward"]
 
 
 def _binary(node: Node) -> tuple[str | None, tuple]:
@@ -231,37 +277,54 @@ def _binary(node: Node) -> tuple[str | None, tuple]:
         return None, ()
 
 
-def _is_gate(node: Node, module: torch.nn.Module) -> bool:
-    """Whether ``node`` is the output of a sigmoid-like gate, possibly reshaped."""
-    while True:
-        if node.op == "call_method" and node.target in _SHAPE_METHODS or \
-                node.op == "call_function" and node.target in _SHAPE_FUNCTIONS:
-            node = node.args[0]
-            if not isinstance(node, Node):
-                return False
-            continue
-        if node.op == "call_function":
-            return node.target in _GATE_FUNCTIONS
-        if node.op == "call_method":
-            return node.target in _GATE_METHODS
-        if node.op == "call_module":
-            child = module.get_submodule(node.target)
-            return isinstance(child, _GATE_MODULES) or "sigmoid" in type(child).__name__.lower() \
-                or "gate" in type(child).__name__.lower()
-        return False
-
-
-def _functional_module(node: Node, dependent: set) -> tuple[str, Callable] | None:
-    """``(name, factory)`` of the module that computes a functional activation or average pool, or None."""
-    if node.op not in ("call_function", "call_method") or not node.args or node.args[0] not in dependent:
+def _route_sum(node: Node, analysis: Analysis) -> Route | None:
+    """An addition of two input-dependent tensors with a common branch point: a residual sum, the skip being the
+    operand reached from the branch point through less computation."""
+    kind, operands = _binary(node)
+    if kind != "add" or not all(o in analysis.dependent for o in operands):
         return None
-    source, rest = node.args[0], node.args[1:]
+    common = analysis.ancestors[operands[0]] & analysis.ancestors[operands[1]]
+    if not common:
+        return None
+    branch = max(common, key=analysis.order.__getitem__)
+    first, second = operands
+    skip, residual = (first, second) if analysis.cost(first, branch) < analysis.cost(second, branch) \
+        else (second, first)
+    plain = skip
+    while analysis.passes_through(plain) and isinstance(plain.args[0], Node):
+        plain = plain.args[0]
+    identity = plain is branch
+    return Route("residual_sum", lambda: ResidualSum(identity_skip=identity), (residual, skip))
+
+
+def _route_product(node: Node, analysis: Analysis) -> Route | None:
+    """A product of two input-dependent tensors, exactly one of them a gate: features times gate."""
+    kind, operands = _binary(node)
+    if kind != "mul" or not all(o in analysis.dependent for o in operands):
+        return None
+    gates = [_is_gate(operand, analysis.module) for operand in operands]
+    if gates.count(True) != 1:
+        return None
+    gate, features = (operands[0], operands[1]) if gates[0] else (operands[1], operands[0])
+    return Route("gated_product", GatedProduct, (features, gate))
+
+
+def _route_function(node: Node, analysis: Analysis) -> Route | None:
+    """A functional activation or average pool of an input-dependent tensor: the module that computes the same."""
+    if node.op not in ("call_function", "call_method") or not node.args or node.args[0] not in analysis.dependent:
+        return None
     if node.op == "call_function" and node.target in _ACTIVATION_FUNCTIONS:
         activation = _ACTIVATION_FUNCTIONS[node.target]
-        return activation.__name__.lower(), activation
-    if node.op == "call_method" and node.target in _ACTIVATION_METHODS:
+    elif node.op == "call_method" and node.target in _ACTIVATION_METHODS:
         activation = _ACTIVATION_METHODS[node.target]
-        return activation.__name__.lower(), activation
+    else:
+        return _route_pool(node)
+    return Route(activation.__name__.lower(), activation, (node.args[0],))
+
+
+def _route_pool(node: Node) -> Route | None:
+    """An average pool in functional form whose arguments are constants or sizes of its input."""
+    source, rest = node.args[0], node.args[1:]
     function = node.target if node.op == "call_function" else _POOL_METHODS.get(node.target)
     if function not in _POOL_FUNCTIONS:
         return None
@@ -271,7 +334,24 @@ def _functional_module(node: Node, dependent: set) -> tuple[str, Callable] | Non
     kwargs = {key: _argument(value, source) for key, value in node.kwargs.items()}
     if any(value is _VARIABLE for value in (*args, *kwargs.values())):
         return None
-    return "pool", lambda: FunctionalPool(function, args, kwargs)
+    return Route("pool", lambda: FunctionalPool(function, args, kwargs), (source,))
+
+
+def _is_gate(node: Node, module: torch.nn.Module) -> bool:
+    """Whether ``node`` is the output of a sigmoid-like gate, possibly reshaped."""
+    while node.op == "call_method" and node.target in _SHAPE_METHODS or \
+            node.op == "call_function" and node.target in _SHAPE_FUNCTIONS:
+        node = node.args[0]
+        if not isinstance(node, Node):
+            return False
+    if node.op == "call_function":
+        return node.target in _GATE_FUNCTIONS
+    if node.op == "call_method":
+        return node.target in _GATE_METHODS
+    if node.op == "call_module":
+        name = type(module.get_submodule(node.target)).__name__.lower()
+        return isinstance(module.get_submodule(node.target), _GATE_MODULES) or "sigmoid" in name or "gate" in name
+    return False
 
 
 _VARIABLE = object()  # an argument computed at run time from something other than the input's size

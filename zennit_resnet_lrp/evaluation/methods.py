@@ -6,10 +6,11 @@ normalised pixel values per channel (for box rules); the model is left as it was
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import re
 from dataclasses import dataclass
 from typing import Callable
-from unittest import mock
 
 import torch
 from zennit.attribution import Gradient, IntegratedGradients, SmoothGrad
@@ -120,7 +121,7 @@ def _cam(kind: str) -> MethodFunction:
             raise MethodError(f"{kind} needs the grad-cam package: pip install 'zennit-resnet-lrp[cam]'") from None
         layer = model.layer4[-1]  # the paper's target layer
         cam_cls = {"gradcam": pytorch_grad_cam.GradCAM, "scorecam": pytorch_grad_cam.ScoreCAM}[kind]
-        quiet = mock.patch("pytorch_grad_cam.score_cam.tqdm.tqdm", lambda items, **_: items)  # its own bars
+        quiet = contextlib.redirect_stderr(io.StringIO())  # Score-CAM draws progress bars of its own there
         with evaluating(model), quiet, cam_cls(model=model, target_layers=[layer]) as cam:
             cam.batch_size = 64  # Score-CAM's masked images per forward pass (Grad-CAM ignores it)
             maps = cam(input_tensor=inputs.detach(), targets=[ClassifierOutputTarget(int(t)) for t in targets])
