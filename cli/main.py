@@ -10,17 +10,23 @@ import click
 import torch
 
 import zennit_resnet_lrp as lrp
+from zennit_resnet_lrp.application.check import check_inputs
 from zennit_resnet_lrp.application.demo import DEMO_MODELS, demo_images
 from zennit_resnet_lrp.application.explain import ExplainOptions, explain_images
 from zennit_resnet_lrp.application.files import OutputError, check_output_file, check_output_folder, write_json
 from zennit_resnet_lrp.application.heatmap import SIGNS
-from zennit_resnet_lrp.application.images import ImageError, find_images, open_image
+from zennit_resnet_lrp.application.images import ImageError, find_images
+from zennit_resnet_lrp.application.methods import METHODS, MethodError, get_method, method_names
 from zennit_resnet_lrp.application.models import ModelError, UnknownNameError
-from zennit_resnet_lrp.evaluation.methods import METHODS, MethodError, get_method
+from zennit_resnet_lrp.application.plots import PlotError
+from zennit_resnet_lrp.evaluation.datasets import DatasetError
+from zennit_resnet_lrp.evaluation.store import ResultsFolderError
 
 from .evaluate import evaluate_command
-from .options import RunOptions, run_options
+from .options import HEAT_QUANTIZATION_OPTION, HQ_LEVEL_OPTION, START_WITH_OPTION, RunOptions, run_options
 from .progress import Progress
+
+COVERAGE_NOTES = "docs/coverage.md"
 
 
 class ResnetLrpGroup(click.Group):
@@ -48,9 +54,11 @@ class ResnetLrpGroup(click.Group):
             return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.Abort, BrokenPipeError):
             raise
-        except (UnknownNameError, lrp.AttributionError, MethodError, OutputError) as error:
+        except (UnknownNameError, lrp.AttributionError, MethodError, OutputError, ResultsFolderError) as error:
             raise click.UsageError(_one_line(error), ctx) from None
-        except (ModelError, ImageError) as error:
+        except DatasetError as error:
+            raise click.BadParameter(_one_line(error), ctx, param_hint="--dataset-root") from None
+        except (ModelError, ImageError, PlotError) as error:
             raise click.ClickException(_one_line(error)) from None
         except KeyboardInterrupt:
             raise click.ClickException("interrupted; the files written so far are complete") from None
@@ -73,15 +81,11 @@ def cli():
 
 @cli.command()
 def methods():
-    """List every method: the composites (ours and zennit's; for explain, check and evaluate) and the baselines
-    (evaluate only), one line each."""
+    """List every method: the composites (ours and zennit's; for every command) and the baselines (explain --methods
+    and evaluate), one line each, with whose implementation runs."""
     for method in METHODS.values():
-        used_by = "all commands" if method.is_composite else "evaluate"
-        click.echo(f"{method.name:<28} {method.kind:<9} {used_by:<13} {method.description}")
-
-
-def _composite(run: RunOptions) -> str:
-    return get_method(run.method or lrp.DEFAULT_METHOD, composites_only=True).name
+        used_by = "all commands" if method.is_composite else "explain, evaluate"
+        click.echo(f"{method.name:<38} {method.kind:<9} {method.source:<18} {used_by:<18} {method.description}")
 
 
 def _images(model: str, images: tuple[str, ...]) -> list[Path]:
@@ -95,56 +99,93 @@ def _images(model: str, images: tuple[str, ...]) -> list[Path]:
     raise click.UsageError("give images to explain (files, folders or globs); only the demo models have defaults")
 
 
+def _explain_methods(run: RunOptions, methods: str | None) -> list[str]:
+    if methods is not None and run.method is not None:
+        raise click.UsageError("give --method or --methods, not both")
+    return method_names(methods if methods is not None else [run.method or lrp.DEFAULT_METHOD])
+
+
 @cli.command()
 @click.argument("images", nargs=-1)
 @run_options
+@click.option("--methods", "method_list", default=None,
+              help="Several methods side by side (composites and the baselines `resnet-lrp methods` lists, "
+                   "comma-separated): heatmaps of each and comparison.png, images by methods.")
 @click.option("--label", "--target", "target", type=click.IntRange(min=0), default=None,
               help="Class to explain for every image (default: the top-k predicted classes).")
 @click.option("--top-k", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--start-with", type=click.Choice(lrp.START_WITH), default="softmax", show_default=True,
-              help="Relevance put in at the target: its probability (paper), its logit or 1.")
-@click.option("--heat-quantization", is_flag=True, help="Quantize each map into --hq-level levels (paper 4).")
-@click.option("--hq-level", type=click.IntRange(min=2), default=8, show_default=True)
+@START_WITH_OPTION
+@HEAT_QUANTIZATION_OPTION
+@HQ_LEVEL_OPTION
 @click.option("--normalize", is_flag=True, help="Display normalisation with 2% outliers (paper 5).")
 @click.option("--sign", type=click.Choice(SIGNS), default="positive", show_default=True)
 @click.option("--cmap", default="bwr", show_default=True, help="zennit colour map (bwr, coldnhot, hot, gray, ...).")
 @click.option("--overlay", is_flag=True, help="Also write the heatmap over the image.")
+@click.option("--size", type=click.Choice(["photo", "input"]), default="photo", show_default=True,
+              help="Heatmaps over each photo at its own size (what the crop cut off hatched), or at the model "
+                   "input's size.")
 @click.option("--save-relevance", is_flag=True, help="Also write the raw relevance (C, H, W) as .npy.")
+@click.option("--strict", is_flag=True, help="Exit with status 1 when relevance was not conserved.")
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), default=Path("resnet-lrp-out"),
               show_default=True)
-def explain(images, run, target, top_k, start_with, heat_quantization, hq_level, normalize, sign, cmap, overlay,
-            save_relevance, output):
+def explain(images, run, method_list, target, top_k, start_with, heat_quantization, hq_level, normalize, sign, cmap,
+            overlay, size, save_relevance, strict, output):
     """Write heatmaps for IMAGES (files, folders, globs); with no model and no images, the shipped digits."""
     from zennit.image import CMAPS
 
-    method = _composite(run)
+    names = _explain_methods(run, method_list)
     if cmap not in CMAPS:
         raise click.BadParameter(f"unknown colour map {cmap!r}; choose one of {', '.join(CMAPS)}", param_hint="--cmap")
     check_output_folder(output)
     loaded = run.load()
     paths = _images(run.model, images)
-    options = ExplainOptions(method=method, target=target, top_k=top_k, start_with=start_with,
+    options = ExplainOptions(methods=names, target=target, top_k=top_k, start_with=start_with,
                              batch_size=run.batch_size, cmap=cmap, overlay=overlay, save_relevance=save_relevance,
-                             heat_quantization=heat_quantization, hq_level=hq_level, normalize=normalize, sign=sign)
+                             heat_quantization=bool(heat_quantization), hq_level=hq_level, normalize=normalize,
+                             sign=sign, photo_size=size == "photo")
     device_name = next(loaded.model.parameters()).device
-    click.echo(f"{run.model} ({loaded.weights or 'random weights'}) on {device_name}, method {method}: "
+    click.echo(f"{run.model} ({loaded.weights or 'random weights'}) on {device_name}, method {', '.join(names)}: "
                f"{len(paths)} image(s) -> {output}", err=True)
 
     def report(item):
-        click.echo(f"{item.image}: predicted {item.predicted_name} (p={item.probability:.4f}); "
-                   f"target {item.target_name}: relevance sum {item.relevance_sum:.6g}, start {item.start:.6g}, "
-                   f"conservation error {item.conservation_error:.2e}")
+        relevance = "" if item.relevance_sum is None else (
+            f": relevance sum {item.relevance_sum:.6g}, start {item.start:.6g}, "
+            f"conservation error {item.conservation_error:.2e}")
+        method = f" [{item.method}]" if len(names) > 1 else ""
+        click.echo(f"{item.image}{method}: predicted {item.predicted_name} (p={item.probability:.4f}); "
+                   f"target {item.target_name}{relevance}")
         progress.update()
 
-    with Progress(len(paths) * (1 if target is not None else top_k), "explaining") as progress:
-        results, failures = explain_images(loaded, paths, output, options, report)
-    if results:
-        click.echo(f"wrote {len(results)} heatmap(s) and summary.json/summary.csv to {output}", err=True)
-    for path, reason in failures:
+    count = len(paths) * (1 if target is not None else top_k) * len(names)
+    with Progress(count, "explaining") as progress:
+        outcome = explain_images(loaded, paths, output, options, report)
+    _explain_warnings(run, outcome, len(paths))
+    if outcome.results:
+        click.echo(f"wrote {len(outcome.results)} heatmap(s) and summary.json/summary.csv to {output}", err=True)
+    for path, reason in outcome.failures:
         click.echo(f"error: {reason}", err=True)
-    if failures:
-        click.echo(f"error: {len(failures)} of {len(paths)} image(s) failed", err=True)
+    if outcome.failures:
+        click.echo(f"error: {len(outcome.failures)} of {len(paths)} image(s) failed", err=True)
         sys.exit(1)
+    if strict and outcome.losses:
+        click.echo("error: relevance was not conserved (--strict)", err=True)
+        sys.exit(1)
+
+
+def _explain_warnings(run: RunOptions, outcome, images: int) -> None:
+    """What a user must know about the run: images changed on reading, images the demo model was not made for,
+    relevance not conserved (one line each)."""
+    for path, note in outcome.notes:
+        click.echo(f"note: {path}: {note}", err=True)
+    if outcome.unlike_digits:
+        click.echo(f"warning: {outcome.unlike_digits} of {images} image(s) are in colour or larger than 56 pixels: "
+                   f"{run.model} was trained on 28x28 digits; pass --model (e.g. resnet50 --weights IMAGENET1K_V1)",
+                   err=True)
+    for loss in outcome.losses.values():
+        where = f", changed in {', '.join(loss.kinds)}" if loss.kinds else ""
+        click.echo(f"warning: {loss.method} did not conserve relevance on {loss.images} of {images} image(s) (error "
+                   f"up to {loss.error:.2g}){where}: this model has layers the method does not cover yet; see "
+                   f"{COVERAGE_NOTES}", err=True)
 
 
 @cli.command()
@@ -152,8 +193,7 @@ def explain(images, run, target, top_k, start_with, heat_quantization, hq_level,
 @run_options
 @click.option("--random", "random_count", type=click.IntRange(min=1), default=4, show_default=True,
               help="Without images: this many seeded random inputs.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--start-with", type=click.Choice(lrp.START_WITH), default="softmax", show_default=True)
+@START_WITH_OPTION
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
 @click.option("--tolerance", type=click.FloatRange(min=0), default=lrp.DEFAULT_TOLERANCE, show_default=True,
               help="Largest acceptable |sum of input relevance - start| / start.")
@@ -161,32 +201,17 @@ def explain(images, run, target, top_k, start_with, heat_quantization, hq_level,
               help="Write the report as JSON to this file ('-' for stdout, instead of the table).")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
               help="Draw the paper's Fig. 5 to this image file (needs matplotlib).")
-def check(images, run, random_count, seed, start_with, dtype, tolerance, json_path, plot):
+def check(images, run, random_count, start_with, dtype, tolerance, json_path, plot):
     """Verify conservation block by block; exit status 1 when the error exceeds --tolerance."""
-    method = _composite(run)
+    method = get_method(run.method or lrp.DEFAULT_METHOD, composites_only=True).name
     for path in (json_path, plot):
         if path and path != "-":
             check_output_file(path)
     loaded = run.load()
-    precision = getattr(torch, dtype)
-    model_device = next(loaded.model.parameters()).device
-    loaded.model.to(precision)
-    prep = loaded.preprocessing
-    if images:
-        paths = _images(run.model, images)
-        with Progress(len(paths), "reading") as progress:
-            inputs = []
-            for path in paths:
-                inputs.append(prep(open_image(path)))
-                progress.update()
-        inputs = torch.stack(inputs)
-        source = f"{len(paths)} image(s)"
-    else:
-        size = prep.crop or prep.resize or 224
-        generator = torch.Generator().manual_seed(seed)
-        inputs = torch.randn(random_count, prep.channels, size, size, generator=generator)
-        source = f"{random_count} random input(s), seed {seed}"
-    inputs = inputs.to(device=model_device, dtype=precision)
+    paths = _images(run.model, images) if images else []
+    seed = 0 if run.seed is None else run.seed
+    with Progress(len(paths), "reading") as progress:
+        inputs, source = check_inputs(loaded, paths, random_count, seed, getattr(torch, dtype), progress.update)
     with Progress(inputs.shape[0], "checking") as progress:
         report = lrp.check_conservation(loaded.model, inputs, method, start_with=start_with, tolerance=tolerance,
                                         batch_size=run.batch_size, progress=progress.update)
@@ -198,12 +223,9 @@ def check(images, run, random_count, seed, start_with, dtype, tolerance, json_pa
         if json_path:
             write_json(Path(json_path), report.to_dict())
     if plot:
-        try:
-            from zennit_resnet_lrp.application.plots import conservation_plot
+        from zennit_resnet_lrp.application.plots import conservation_plot
 
-            conservation_plot(report, plot)
-        except ImportError:
-            raise click.ClickException("--plot needs matplotlib: pip install 'zennit-resnet-lrp[plot]'") from None
+        conservation_plot(report, plot)
     if not report.passed:
         sys.exit(1)
 

@@ -11,13 +11,19 @@ from pathlib import Path
 import click
 import torch
 
-from zennit_resnet_lrp.application.demo import DEFAULT_DEMO, DEMO_MODELS
-from zennit_resnet_lrp.application.models import RANDOM_WEIGHTS, TIMM_PREFIX, LoadedModel, load_model
+from zennit_resnet_lrp.application.demo import DEFAULT_DEMO
+from zennit_resnet_lrp.application.models import RANDOM_WEIGHTS, TIMM_PREFIX, LoadedModel, ModelSpec
+from zennit_resnet_lrp.attribution import START_WITH
 from zennit_resnet_lrp.composites import DEFAULT_METHOD, PAPER_VARIANTS
 
 # keys a JSON run configuration may hold; "image_size" is the crop size
 CONFIG_KEYS = {"model", "weights", "num_classes", "resize", "crop", "image_size", "mean", "std", "batch_size",
-               "method", "dataset", "dataset_root", "per_class", "limit", "device", "seed", "output"}
+               "method", "methods", "dataset", "dataset_root", "per_class", "limit", "device", "seed", "output",
+               "protocol", "heat_quantization", "hq_level", "patch_size", "step", "points", "baseline", "explain"}
+
+
+# configuration keys whose option has another parameter name
+CONFIG_PARAMETERS = {"methods": "method_list", "explain": "explain_target"}
 
 
 def _load_config(ctx: click.Context, param: click.Parameter, value: str | None):
@@ -44,6 +50,7 @@ def _load_config(ctx: click.Context, param: click.Parameter, value: str | None):
         if isinstance(config.get(key), list):
             config[key] = ",".join(str(value) for value in config[key])
     params = {p.name: p for p in ctx.command.params}
+    config = {CONFIG_PARAMETERS.get(k, k): v for k, v in config.items()}
     config = {k: v for k, v in config.items() if k in params}
     for key, value in config.items():
         if getattr(params[key], "multiple", False) and not isinstance(value, list):
@@ -64,9 +71,6 @@ class FloatList(click.ParamType):
             self.fail(f"{value!r} is not a comma-separated list of numbers", param, ctx)
 
 
-_OWN = object()
-
-
 @dataclass(frozen=True)
 class RunOptions:
     """The options every command shares, as given (None: the model's own default)."""
@@ -81,24 +85,34 @@ class RunOptions:
     std: tuple | None
     method: str | None
     batch_size: int
+    seed: int | None
 
-    def load(self, weights=_OWN) -> LoadedModel:
-        """The model with ``weights`` (this run's when not given; None: the model's default), on the device, with
-        the preprocessing overrides applied."""
-        weights = self.weights if weights is _OWN else weights
-        loaded = load_model(self.model, weights or None, self.num_classes, resolve_device(self.device))
-        if not weights and self.model not in DEMO_MODELS:
+    def spec(self) -> ModelSpec:
+        """The model these options name (the first weights if several), on the resolved device."""
+        weights = self.weights[0] if isinstance(self.weights, tuple) and self.weights else self.weights
+        return ModelSpec(self.model, weights or None, self.num_classes, resolve_device(self.device), self.resize,
+                         self.crop, self.mean, self.std, 0 if self.seed is None else self.seed)
+
+    def load(self) -> LoadedModel:
+        """The model, warning on stderr when its weights are random without being asked for."""
+        loaded = self.spec().load()
+        self.warn_if_random()
+        return loaded
+
+    def warn_if_random(self) -> None:
+        if self.spec().implicitly_random:
             click.echo(f"warning: no --weights: {self.model} has random weights; give a weights name or checkpoint, "
                        f"or --weights {RANDOM_WEIGHTS} to ask for them", err=True)
-        base = loaded.preprocessing
-        overrides = {key: value for key, value in (("resize", self.resize), ("crop", self.crop),
-                                                   ("mean", self.mean), ("std", self.std)) if value is not None}
-        loaded.preprocessing = dataclasses.replace(base, **overrides)
-        for name, values in (("--mean", loaded.preprocessing.mean), ("--std", loaded.preprocessing.std)):
-            if len(values) != base.channels:
-                raise click.BadParameter(f"{self.model} takes {base.channels} channel(s), got {len(values)} values",
-                                         param_hint=name)
-        return loaded
+
+
+# options that more than one command takes, declared once
+START_WITH_OPTION = click.option(
+    "--start-with", type=click.Choice(START_WITH), default="softmax", show_default=True,
+    help="Relevance put in at the target: its probability (paper), its logit or 1.")
+HEAT_QUANTIZATION_OPTION = click.option(
+    "--heat-quantization/--no-heat-quantization", default=None,
+    help="Quantize each map into --hq-level levels (paper section 4); evaluate: the protocol's default.")
+HQ_LEVEL_OPTION = click.option("--hq-level", type=click.IntRange(min=2), default=8, show_default=True)
 
 
 # the options that become RunOptions (--skip-connection-prop-type merges into its method)
@@ -135,6 +149,9 @@ def run_options(command=None, *, several_weights: bool = False):
         click.option("--skip-connection-prop-type", type=click.Choice(list(PAPER_VARIANTS)), default=None,
                      help="The paper's variant, as the reference spells it (same as --method NAME)."),
         click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True),
+        click.option("--seed", type=int, default=None,
+                     help="Seed of every random choice: random weights, random inputs, sampling, the methods' noise "
+                          "(default 0; evaluate --protocol reference: 42)."),
     ]
     decorated = functools.reduce(lambda cmd, decorate: decorate(cmd), reversed(decorators), _collect(command))
     return decorated

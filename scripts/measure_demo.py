@@ -18,7 +18,9 @@ from zennit_resnet_lrp import attribute  # noqa: E402
 from zennit_resnet_lrp.application.images import open_image  # noqa: E402
 from zennit_resnet_lrp.evaluation.datasets import image_folder  # noqa: E402
 from zennit_resnet_lrp.application.demo import export_held_out  # noqa: E402
-from zennit_resnet_lrp.evaluation.run import EvaluationSettings, evaluate, format_markdown, read_rows, summarize  # noqa
+from zennit_resnet_lrp.evaluation.run import EvaluationSettings, evaluate  # noqa: E402
+from zennit_resnet_lrp.evaluation.store import read_rows  # noqa: E402
+from zennit_resnet_lrp.evaluation.summary import format_markdown, summarize  # noqa: E402
 from zennit_resnet_lrp.evaluation.metrics import CurveSpec  # noqa: E402
 from zennit_resnet_lrp.application.models import load_model  # noqa: E402
 

@@ -5,14 +5,14 @@ The top level is the zennit extension (the core); ``zennit_resnet_lrp.applicatio
 writes heatmaps, ``zennit_resnet_lrp.evaluation`` measures faithfulness, ``zennit_resnet_lrp.cli`` is the command
 line. Each layer imports only the ones before it.
 """
-from .attribution import AttributionError, START_WITH, attribute, check_conservation
+from .attribution import AttributionError, START_WITH, attribute, check_conservation, locate_violation
 from .canonizers import MergeBatchNorm, ResidualCanonizer, ResidualTracingWarning, residual_blocks
 from .composites import (
     DEFAULT_METHOD, IMAGENET_MEAN, IMAGENET_STD, OUR_COMPOSITES, PAPER_VARIANTS, EpsilonAlpha2Beta1Split,
     EpsilonGammaBoxSplit, EpsilonPlusFlatSplit, FlowsSkip, FlowsSkipConservative, FlowsSkipSimple, Latest,
     ResidualComposite, ResNetLRP, Simple, SplitCounterpart, UnknownCompositeError, box_bounds, make_composite,
 )
-from .conservation import DEFAULT_TOLERANCE, ConservationReport, ConservationWarning
+from .conservation import DEFAULT_TOLERANCE, ConservationReport, ConservationWarning, Place, Violation
 from .core import RelevanceRule
 from .layer import FunctionalPool, GatedProduct, ResidualSum
 from .recording import ModuleRelevance, RelevanceRecorder

@@ -13,8 +13,7 @@ from zennit.core import Composite
 from .canonizers import ResidualCanonizer, residual_blocks
 from .composites import DEFAULT_METHOD, ResidualComposite, UnknownCompositeError, make_composite
 from .conservation import (
-    DEFAULT_TOLERANCE, WARNING_TOLERANCE, ConservationReport, ConservationWarning, locate, violation_message,
-    worst_violation,
+    DEFAULT_TOLERANCE, WARNING_TOLERANCE, ConservationReport, ConservationWarning, Violation, locate, worst_violation,
 )
 from .layer import ResidualSum
 from .recording import RelevanceRecorder
@@ -148,7 +147,9 @@ def attribute(
     watch = _blocks if record_blocks else None
     result = _run(model, inputs, composite, _Request(target, start_with, batch_size or inputs.shape[0], progress), watch)
     if tolerance is not None:
-        _warn_if_not_conserved(model, inputs, composite, result, start_with, tolerance)
+        violation = locate_violation(model, inputs, result, composite, start_with, tolerance)
+        if violation is not None:
+            warnings.warn(ConservationWarning(violation), stacklevel=2)
     return result
 
 
@@ -175,9 +176,14 @@ def check_conservation(
     -------
     ConservationReport
     """
-    result = attribute(model, inputs, method, target, start_with, batch_size=batch_size, record_blocks=True,
+    try:
+        composite = make_composite(method)
+    except UnknownCompositeError as error:
+        raise AttributionError(str(error)) from None
+    result = attribute(model, inputs, composite, target, start_with, batch_size=batch_size, record_blocks=True,
                        tolerance=None, progress=progress)
-    return ConservationReport(result, tolerance)
+    violation = locate_violation(model, inputs, result, composite, start_with, tolerance, conservative=True)
+    return ConservationReport(result, tolerance, violation)
 
 
 @dataclass(frozen=True)
@@ -251,16 +257,32 @@ def _attribute_chunk(model, chunk: torch.Tensor, request: _Request, begin: int) 
     return relevance.detach(), chosen, values, output_values
 
 
-def _warn_if_not_conserved(model, inputs, composite, result, start_with, tolerance) -> None:
-    """Warn when relevance grew by more than ``tolerance`` or, for a composite that promises conservation, was lost;
-    the worst sample is run again, watching every module, to say where."""
-    worst = worst_violation(result, getattr(composite, "conservative", False), tolerance)
+def locate_violation(
+    model: torch.nn.Module,
+    inputs: torch.Tensor,
+    result: Attribution,
+    composite: Composite,
+    start_with: str = "softmax",
+    tolerance: float = WARNING_TOLERANCE,
+    conservative: bool | None = None,
+) -> Violation | None:
+    """Whether ``result`` (an attribution of ``inputs`` with ``composite``) misses its start relevance by more than
+    ``tolerance`` for a sample and, if so, where: the worst sample is attributed again, watching every module.
+
+    Parameters
+    ----------
+    conservative : bool, optional
+        Count lost relevance too (True) or only relevance that grew (False); by default, whether the composite
+        promises conservation (the paper's variants lose relevance by design).
+    """
+    if conservative is None:
+        conservative = getattr(composite, "conservative", False)
+    worst = worst_violation(result, conservative, tolerance)
     if worst is None:
-        return
+        return None
     names = [name for name, _ in model.named_modules() if name]  # the model's own modules
     one = _Request(result.target[worst:worst + 1], start_with, 1)
     traced = _run(model, inputs[worst:worst + 1], composite, one, watch=lambda canonized: names)
-    where = locate(traced.blocks or [], float(result.start[worst]), tolerance, dict(model.named_modules()))
-    ratio = float(result.total[worst] / result.start[worst])
-    message = violation_message(worst, ratio, float(result.conservation_error[worst]), tolerance, where)
-    warnings.warn(message, ConservationWarning, stacklevel=3)
+    places = locate(traced.blocks or [], float(result.start[worst]), tolerance, dict(model.named_modules()))
+    return Violation(worst, float(result.total[worst] / result.start[worst]),
+                     float(result.conservation_error[worst]), tolerance, places)

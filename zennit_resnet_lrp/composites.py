@@ -17,6 +17,7 @@ from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetBottleneckCanoni
 from zennit.types import Activation, BatchNorm
 
 from .canonizers import ResidualCanonizer
+from .tracing import TraceCache
 from .layer import FunctionalPool, GatedProduct, ResidualSum
 from .rules import (
     DROP, FLAT, FlatInputZPlus, GateAsWeight, MaxPoolAverageStandIn, MaxPoolProportional, MaxPoolWinnerTakesAll,
@@ -287,7 +288,8 @@ def needs_box_bounds(name_or_class: str | type) -> bool:
     return isinstance(cls, type) and issubclass(cls, EpsilonGammaBox)
 
 
-def make_composite(method: str | Composite = DEFAULT_METHOD, bounds: tuple | None = None) -> Composite:
+def make_composite(method: str | Composite = DEFAULT_METHOD, bounds: tuple | None = None,
+                   cache: TraceCache | None = None) -> Composite:
     """Return a fresh composite for ``method``: a name in zennit's registry (ours or zennit's) or an instance.
 
     zennit's own composites get a residual canonizer with batch-norm merging (as zennit's ``ResNetCanonizer``
@@ -299,6 +301,9 @@ def make_composite(method: str | Composite = DEFAULT_METHOD, bounds: tuple | Non
         A registered name, or a composite (returned as it is).
     bounds : (low, high), optional
         The lowest and highest input values, for composites with a box rule; ImageNet's by default.
+    cache : TraceCache, optional
+        Where the residual canonizer keeps its traces: pass one to share them between composites (a run that makes
+        a composite per batch traces each module structure once).
     """
     if isinstance(method, Composite):
         return method
@@ -309,8 +314,8 @@ def make_composite(method: str | Composite = DEFAULT_METHOD, bounds: tuple | Non
     if needs_box_bounds(cls):
         kwargs["low"], kwargs["high"] = bounds if bounds is not None else box_bounds()
     if issubclass(cls, ResidualComposite):
-        return cls(**kwargs)
-    composite = cls(canonizers=[ResidualCanonizer(merge_batchnorm=True)], **kwargs)
+        return cls(canonizers=[ResidualCanonizer(merge_batchnorm=cls.merge_batchnorm, cache=cache)], **kwargs)
+    composite = cls(canonizers=[ResidualCanonizer(merge_batchnorm=True, cache=cache)], **kwargs)
     if any(_maps(types, Sum) for types, _ in composite.layer_map):
         # zennit's Norm for its stacked Sum, in the form our sums take (their operands separate)
         composite.layer_map.insert(0, (ResidualSum, RelevanceSplit("signed")))

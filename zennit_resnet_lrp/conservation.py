@@ -20,7 +20,12 @@ WARNING_TOLERANCE = 0.05
 
 
 class ConservationWarning(UserWarning):
-    """The input relevance misses the relevance put in at the output by more than the tolerance."""
+    """The input relevance misses the relevance put in at the output by more than the tolerance; ``violation`` (a
+    :py:class:`Violation`) says by how much and where."""
+
+    def __init__(self, violation: "Violation") -> None:
+        super().__init__(violation.message())
+        self.violation = violation
 
 
 @dataclass
@@ -33,10 +38,13 @@ class ConservationReport:
         The attribution, with ``blocks`` recorded.
     tolerance : float
         The largest acceptable ``|input total - start| / |start|``.
+    violation : Violation, optional
+        Where relevance changes in the worst sample, when it fails.
     """
 
     attribution: Attribution
     tolerance: float = DEFAULT_TOLERANCE
+    violation: "Violation | None" = None
 
     @property
     def error(self) -> torch.Tensor:
@@ -74,6 +82,9 @@ class ConservationReport:
             "blocks": self.rows(),
             "untraced": [{"module": name, "class": kind, "reason": reason}
                          for name, kind, reason in self.attribution.untraced],
+            "changes": [] if self.violation is None else [
+                {"module": place.name, "class": place.kind, "entering": place.entering, "leaving": place.leaving,
+                 "sample": self.violation.sample} for place in self.violation.places],
         }
 
     def format_table(self) -> str:
@@ -91,6 +102,9 @@ class ConservationReport:
             )
         for name, kind, reason in self.attribution.untraced:
             lines.append(f"{name:<16} not traced ({kind}: {reason}): its additions are not split")
+        if self.violation is not None and self.violation.places:
+            lines.append(f"relevance changes in {', '.join(map(str, self.violation.places[:3]))} (sample "
+                         f"{self.violation.sample}; modules of type {', '.join(self.violation.kinds)})")
         worst = float(self.error.max())
         verdict = "PASS" if self.passed else "FAIL"
         lines.append(
@@ -100,37 +114,91 @@ class ConservationReport:
         return "\n".join(lines)
 
 
-def worst_violation(result: Attribution, conservative: bool, tolerance: float) -> int | None:
-    """The sample whose error exceeds ``tolerance`` the most, or None. For methods that do not promise conservation
-    only growth counts (a residual addition nobody split): the paper's variants lose relevance by design."""
+def violations(result: Attribution, conservative: bool, tolerance: float) -> torch.Tensor:
+    """Per sample, whether its error exceeds ``tolerance``. For methods that do not promise conservation only
+    growth counts (a residual addition nobody split): the paper's variants lose relevance by design."""
     error = result.conservation_error
     if not conservative:
         grew = (result.total - result.start) * result.start.sign() > 0
         error = torch.where(grew, error, torch.zeros_like(error))
-    worst = int(error.argmax())
-    return worst if float(error[worst]) > tolerance else None
+    return error > tolerance
 
 
-def locate(records: list[ModuleRelevance], start: float, tolerance: float, modules: dict) -> str:
-    """Name the innermost modules (at most three) whose input and output relevance differ by more than
-    ``tolerance * |start|``, from the records of one sample."""
+def worst_violation(result: Attribution, conservative: bool, tolerance: float) -> int | None:
+    """The sample whose error exceeds ``tolerance`` the most (see :py:func:`violations`), or None."""
+    bad = violations(result, conservative, tolerance)
+    if not bool(bad.any()):
+        return None
+    return int(torch.where(bad, result.conservation_error, torch.full_like(result.conservation_error, -1)).argmax())
+
+
+@dataclass
+class Place:
+    """A module where relevance appears or vanishes, for one sample.
+
+    Attributes
+    ----------
+    name : str
+        The module's name in the model.
+    kind : str
+        Its class name.
+    entering, leaving : float
+        Relevance arriving at its output and leaving through its input.
+    """
+
+    name: str
+    kind: str
+    entering: float
+    leaving: float
+
+    def __str__(self) -> str:
+        return f"'{self.name}' ({self.kind}: {self.entering:.4g} in, {self.leaving:.4g} out)"
+
+
+@dataclass
+class Violation:
+    """Relevance not conserved: how far off the worst sample is, and where it changes.
+
+    Attributes
+    ----------
+    sample : int
+        Index of the worst sample.
+    ratio, error : float
+        Its input relevance over the start relevance, and ``|total - start| / |start|``.
+    tolerance : float
+    places : list of Place
+        The innermost modules whose relevance in and out differ by more than ``tolerance`` of the start.
+    """
+
+    sample: int
+    ratio: float
+    error: float
+    tolerance: float
+    places: list[Place]
+
+    @property
+    def kinds(self) -> list[str]:
+        """The class names of :py:attr:`places`, each once."""
+        return list(dict.fromkeys(place.kind for place in self.places))
+
+    def message(self) -> str:
+        """How far off the sample is and, if known, where relevance grows or is lost."""
+        where = ", ".join(str(place) for place in self.places[:3])
+        if where and self.ratio > 1:
+            hint = (f"; it grows in {where}: an addition the canonizer could not route (see ResidualTracingWarning) "
+                    "doubles relevance; route it through zennit_resnet_lrp.ResidualSum().add(residual, skip)")
+        elif where:
+            hint = f"; it is lost in {where}"
+        else:
+            hint = ""
+        return (f"input relevance is {self.ratio:.4g} x the start relevance for sample {self.sample} "
+                f"(error {self.error:.2%} > tolerance {self.tolerance:.2%}){hint}")
+
+
+def locate(records: list[ModuleRelevance], start: float, tolerance: float, modules: dict) -> list[Place]:
+    """The innermost modules whose input and output relevance differ by more than ``tolerance * |start|``, from the
+    records of one sample, in model order."""
     records = [r for r in records if r.output.numel() == 1 and r.input.numel() == 1]
     bad = [r for r in records if abs(float(r.input - r.output)) > tolerance * abs(start)]
     innermost = [r for r in bad if not any(o.name.startswith(r.name + ".") for o in bad)]
-    return ", ".join(
-        f"'{r.name}' ({type(modules[r.name]).__name__}: {float(r.output):.4g} in, {float(r.input):.4g} out)"
-        for r in innermost[:3]
-    )
-
-
-def violation_message(sample: int, ratio: float, error: float, tolerance: float, where: str) -> str:
-    """The warning's text: how far off the sample is and, if known, where relevance grows or is lost."""
-    if where and ratio > 1:
-        hint = (f"; it grows in {where}: an addition the canonizer could not route (see ResidualTracingWarning) "
-                "doubles relevance; route it through zennit_resnet_lrp.ResidualSum().add(residual, skip)")
-    elif where:
-        hint = f"; it is lost in {where}"
-    else:
-        hint = ""
-    return (f"input relevance is {ratio:.4g} x the start relevance for sample {sample} "
-            f"(error {error:.2%} > tolerance {tolerance:.2%}){hint}")
+    return [Place(r.name, type(modules[r.name]).__name__, float(r.output), float(r.input)) for r in innermost]

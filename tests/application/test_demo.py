@@ -7,7 +7,9 @@ import zennit_resnet_lrp as lrp
 from zennit_resnet_lrp.application.images import open_image
 from zennit_resnet_lrp.evaluation.datasets import image_folder
 from zennit_resnet_lrp.application.demo import DEMO_MODELS, demo_images, export_held_out, mnist_split
-from zennit_resnet_lrp.evaluation.run import EvaluationSettings, evaluate, read_rows, summarize
+from zennit_resnet_lrp.evaluation.run import EvaluationSettings, evaluate
+from zennit_resnet_lrp.evaluation.store import read_rows
+from zennit_resnet_lrp.evaluation.summary import summarize
 from zennit_resnet_lrp.evaluation.metrics import CurveSpec
 from zennit_resnet_lrp.application.models import load_model
 

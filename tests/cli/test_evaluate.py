@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from zennit_resnet_lrp.cli.main import cli
 from zennit_resnet_lrp.evaluation.datasets import cub_test, image_folder, imagenet_val, subsample
 from zennit_resnet_lrp.application.demo import demo_images
-from zennit_resnet_lrp.evaluation.run import read_rows
-from zennit_resnet_lrp.evaluation.methods import METHODS
+from zennit_resnet_lrp.evaluation.store import read_rows
+from zennit_resnet_lrp.application.methods import METHODS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -104,7 +104,7 @@ def test_bad_dataset_root(tmp_path):
     result = evaluate("--dataset", "cub", "--dataset-root", tmp_path)
     assert result.exit_code == 2 and "images.txt: missing" in result.output
     result = evaluate("--methods", "flows_skip,magic")
-    assert result.exit_code == 2 and "unknown method(s) magic" in result.output
+    assert result.exit_code == 2 and "unknown method 'magic'" in result.output
 
 
 @pytest.mark.slow

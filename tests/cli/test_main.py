@@ -98,12 +98,20 @@ def test_explain_torchvision_checkpoint_and_config(tmp_path, checkpoint):
     photos.mkdir()
     for name, mode in (("grey.png", "L"), ("rgba.png", "RGBA"), ("palette.png", "P"), ("cmyk.jpg", "CMYK")):
         Image.new(mode, (90, 80), 100).save(photos / name)
-    result = run("explain", photos, "-c", config, "--crop", 48, "-o", tmp_path / "out", "--device", "cpu")
+    result = run("explain", photos, "-c", config, "--crop", 48, "-o", tmp_path / "out", "--device", "cpu", "--size",
+                 "input")
     assert result.exit_code == 0, result.output
     for path in (tmp_path / "out").glob("*_heatmap.png"):
         with Image.open(path) as image:
             assert image.size == (48, 48)  # --crop overrides the config's image_size
     assert len(list((tmp_path / "out").glob("*_heatmap.png"))) == 4
+    assert "cmyk.jpg: converted from CMYK to RGB" in result.output
+    assert "rgba.png: its alpha channel dropped" in result.output
+    photo_size = run("explain", photos / "grey.png", "-c", config, "-o", tmp_path / "photo", "--overlay")
+    assert photo_size.exit_code == 0, photo_size.output
+    for kind in ("heatmap", "overlay"):
+        with Image.open(next((tmp_path / "photo").glob(f"grey_*_{kind}.png"))) as image:
+            assert image.size == (90, 80)  # the photo's own size
 
 
 def test_check_table_and_exit_status(tmp_path):

@@ -14,7 +14,8 @@ from zennit_resnet_lrp.application.images import Preprocessing
 from zennit_resnet_lrp.application.models import LoadedModel
 from zennit_resnet_lrp.evaluation.datasets import image_folder
 from zennit_resnet_lrp.evaluation.metrics import CurveSpec
-from zennit_resnet_lrp.evaluation.run import EvaluationSettings, evaluate, read_rows
+from zennit_resnet_lrp.evaluation.run import EvaluationSettings, evaluate
+from zennit_resnet_lrp.evaluation.store import read_rows
 
 RESIZE, CROP, STEP = 72, 64, 256
 

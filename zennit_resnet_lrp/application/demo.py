@@ -114,6 +114,19 @@ def export_held_out(folder: str | Path, limit: int | None = None) -> Path:
     return folder
 
 
+def looks_like_a_digit(image) -> bool:
+    """Whether a PIL image is what the demo models were trained on: grey (no colour) and no larger than twice the
+    digits' 28x28 pixels."""
+    import numpy as np
+
+    if max(image.size) > 56:
+        return False
+    if image.mode in ("L", "F"):
+        return True
+    array = np.asarray(image.convert("RGB"), dtype=np.int16)
+    return bool(np.abs(array - array.mean(-1, keepdims=True)).max() <= 8)
+
+
 def demo_images() -> list[Path]:
     """The shipped held-out digits (PNG, 28x28), named ``<index>_label<digit>.png``."""
     return sorted(DIGITS.glob("*.png"))

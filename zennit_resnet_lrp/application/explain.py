@@ -1,7 +1,10 @@
-"""Explain image files: attribution in batches, heatmap and relevance files, and a summary, written as they come."""
+"""Explain image files: attribution in batches with one method or several, heatmaps over each photo at its own size
+(or at the model input's), relevance files, a summary written as it comes, a labelled overview and, for several
+methods, a comparison grid; and what a user must know besides (relevance not conserved, images changed on reading,
+images the demo model was not made for)."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -9,22 +12,27 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..attribution import AttributionError, attribute
-from ..composites import DEFAULT_METHOD
+from ..attribution import AttributionError, attribute, locate_violation
+from ..composites import DEFAULT_METHOD, make_composite
+from ..conservation import WARNING_TOLERANCE, violations
+from ..results import Attribution
+from ..tracing import TraceCache
+from .demo import DEMO_MODELS, looks_like_a_digit
 from .files import write_atomic, write_csv, write_json
-from .heatmap import montage, normalize, overlay, quantize, render
-from .images import ImageError, open_image
+from .heatmap import hatch, limit_of, normalize, overlay, quantize, render, to_photo
+from .images import ImageError, read_image
+from .methods import MethodContext, get_method, method_names
 from .models import LoadedModel
+from .pictures import comparison, overview
 
-
-OVERVIEW_LIMIT = 40  # (image, heatmap) pairs in overview.png
+OVERVIEW_LIMIT = 40  # images in overview.png and comparison.png
 
 
 @dataclass
 class ExplainOptions:
     """What to explain and what to write; the command line's ``explain`` flags."""
 
-    method: str = DEFAULT_METHOD
+    methods: Sequence[str] = (DEFAULT_METHOD,)
     target: int | None = None
     top_k: int = 1
     start_with: str = "softmax"
@@ -36,24 +44,274 @@ class ExplainOptions:
     hq_level: int = 8
     normalize: bool = False
     sign: str = "positive"
+    photo_size: bool = True
+    tolerance: float = WARNING_TOLERANCE
 
 
 @dataclass
 class Explained:
-    """One explained (image, target) pair: what the summary holds."""
+    """One explained (image, method, target): what the summary holds. Baselines have no relevance sum."""
 
     image: str
+    method: str
     target: int
     target_name: str
+    target_probability: float
     predicted: int
     predicted_name: str
     probability: float
-    start: float
-    relevance_sum: float
-    conservation_error: float
+    start: float | None
+    relevance_sum: float | None
+    conservation_error: float | None
     heatmap: str
     overlay: str | None = None
     relevance: str | None = None
+
+
+@dataclass
+class Loss:
+    """A method that did not conserve relevance on some images: how many, by how much at most, and the types of
+    the modules where it changed."""
+
+    method: str
+    images: int
+    error: float
+    kinds: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ExplainOutcome:
+    """Everything ``explain_images`` did: results, images that failed, notes on images changed when read, losses of
+    relevance, and how many images the demo model was not made for."""
+
+    results: list[Explained] = field(default_factory=list)
+    failures: list[tuple[Path, str]] = field(default_factory=list)
+    notes: list[tuple[Path, str]] = field(default_factory=list)
+    losses: dict[str, Loss] = field(default_factory=dict)
+    unlike_digits: int = 0
+
+
+@dataclass
+class _Image:
+    """One image of a batch: its path, output file stem, the photo as read and the model's input."""
+
+    path: Path
+    stem: str
+    photo: Image.Image
+    cropped: Image.Image
+    tensor: torch.Tensor
+
+
+@dataclass
+class _Run:
+    """A run's state: the loaded model, options, output folder, a composite per composite method (made once, so each
+    module structure is traced once) and the pictures collected so far."""
+
+    loaded: LoadedModel
+    options: ExplainOptions
+    output: Path
+    outcome: ExplainOutcome
+    composites: dict = field(default_factory=dict)
+    cache: TraceCache = field(default_factory=TraceCache)
+    tiles: dict = field(default_factory=dict)  # (image, target) -> (photo, caption, {method: (heatmap, caption)})
+
+
+def explain_images(
+    loaded: LoadedModel,
+    paths: Sequence[Path],
+    output: Path,
+    options: ExplainOptions,
+    on_result: Callable[[Explained], None] | None = None,
+) -> ExplainOutcome:
+    """Explain every image in ``paths`` with every method of ``options`` and write the files into ``output``.
+
+    Unknown method names raise before any work. Images that cannot be read are skipped and returned as failures;
+    every finished image's files are on disk before the next batch starts, and ``summary.json`` / ``summary.csv``
+    are rewritten after every batch. The folder is made when the first file is written: a run in which every
+    image fails leaves nothing behind.
+    """
+    names = method_names(list(options.methods))
+    run = _Run(loaded, options, output, ExplainOutcome())
+    stems = dict(zip(paths, _unique_stems(paths)))
+    for batch in _batches(paths, options.batch_size):
+        images = _read(run, batch, stems)
+        if not images:
+            continue
+        inputs = torch.stack([image.tensor for image in images]).to(**_placement(loaded.model))
+        ranked = _ranked(run, inputs, names[0])
+        for k in range(1 if options.target is not None else options.top_k):
+            for name in names:
+                targets = ranked[:, k] if ranked is not None else None
+                done = _attribute(run, name, inputs, targets, k)
+                ranked = _ranking(run, done.output) if ranked is None else ranked
+                for index, image in enumerate(images):
+                    record = _write_image(run, done, image, index)
+                    run.outcome.results.append(record)
+                    if on_result is not None:
+                        on_result(record)
+        _write_summary(output, run.outcome.results)
+    _write_pictures(run, names)
+    return run.outcome
+
+
+def _placement(model: torch.nn.Module) -> dict:
+    parameter = next(model.parameters())
+    return {"device": parameter.device, "dtype": parameter.dtype}
+
+
+def _read(run: _Run, batch: Sequence[Path], stems: dict) -> list[_Image]:
+    prep, images = run.loaded.preprocessing, []
+    for path in batch:
+        try:
+            photo, notes = read_image(path)
+        except ImageError as error:
+            run.outcome.failures.append((path, str(error)))
+            continue
+        run.outcome.notes += [(path, note) for note in notes]
+        if run.loaded.name in DEMO_MODELS and not looks_like_a_digit(photo):
+            run.outcome.unlike_digits += 1
+        cropped = prep.image(photo)  # resized and cropped once
+        images.append(_Image(path, stems[path], photo, cropped, prep.normalize(prep.pixels(cropped, cropped=True))))
+    return images
+
+
+def _ranked(run: _Run, inputs: torch.Tensor, first: str) -> torch.Tensor | None:
+    """The classes to explain per rank (N, K): the given label; else the classes by predicted probability, from a
+    forward pass, or None when the first method is a composite (its attribution of the top class gives them)."""
+    if run.options.target is not None:
+        return torch.full((inputs.shape[0], 1), run.options.target, dtype=torch.long, device=inputs.device)
+    if get_method(first).is_composite:
+        return None
+    with torch.no_grad():
+        return _ranking(run, run.loaded.model.eval()(inputs))
+
+
+def _ranking(run: _Run, output: torch.Tensor) -> torch.Tensor:
+    if run.options.target is None and run.options.top_k > output.shape[1]:
+        raise AttributionError(f"top-k {run.options.top_k} is more than the model's {output.shape[1]} classes")
+    return output.argsort(1, descending=True)
+
+
+@dataclass
+class _Done:
+    """One method's attribution of one batch: the maps as shown, the targets, the model's output and, for a
+    composite, the attribution itself."""
+
+    method: str
+    k: int
+    shown: torch.Tensor
+    targets: torch.Tensor
+    output: torch.Tensor
+    result: Attribution | None = None
+
+
+def _attribute(run: _Run, name: str, inputs: torch.Tensor, targets: torch.Tensor | None, k: int) -> _Done:
+    """One method on one batch (``targets`` None: each image's top class, for a composite)."""
+    method, options = get_method(name), run.options
+    bounds = run.loaded.preprocessing.bounds(inputs.dtype, inputs.device)
+    result = None
+    if method.is_composite:
+        if name not in run.composites:
+            run.composites[name] = make_composite(name, bounds, run.cache)
+        result = attribute(run.loaded.model, inputs, run.composites[name], targets, options.start_with, tolerance=None)
+        _note_losses(run, name, inputs, result)
+        maps, output, targets = result.heatmap, result.output, result.target
+    else:
+        maps = method.run(run.loaded.model, inputs, targets, MethodContext(bounds, None, run.cache)).detach()
+        maps = maps.sum(1) if maps.ndim == 4 else maps
+        with torch.no_grad():
+            output = run.loaded.model(inputs)
+    if options.heat_quantization:
+        maps = quantize(maps, options.hq_level)
+    return _Done(name, k, normalize(maps, options.sign) if options.normalize else maps, targets, output, result)
+
+
+def _note_losses(run: _Run, name: str, inputs: torch.Tensor, result) -> None:
+    """Count the images whose relevance is not conserved beyond the tolerance, and find where for the worst."""
+    composite, tolerance = run.composites[name], run.options.tolerance
+    bad = violations(result, getattr(composite, "conservative", False), tolerance)
+    if not bool(bad.any()):
+        return
+    loss = run.outcome.losses.setdefault(name, Loss(name, 0, 0.0))
+    loss.images += int(bad.sum())
+    loss.error = max(loss.error, float(result.conservation_error[bad].max()))
+    if not loss.kinds:  # where, once per run: it re-runs the worst sample watching every module
+        violation = locate_violation(run.loaded.model, inputs, result, composite, run.options.start_with, tolerance)
+        loss.kinds = violation.kinds if violation is not None else []
+
+
+def _write_image(run: _Run, done: _Done, image: _Image, index: int) -> Explained:
+    """One (image, method, target)'s heatmap (and overlay, relevance) files; the summary record."""
+    options, loaded, result = run.options, run.loaded, done.result
+    probabilities = done.output[index].softmax(0)
+    target, predicted = int(done.targets[index]), int(probabilities.argmax())
+    several = len(options.methods) > 1
+    base = f"{image.stem}_{target}_{done.method}" if several else f"{image.stem}_{target}"
+    heatmap_image, covered = _heatmap_image(run, image, done.shown[index])
+    files = {"heatmap": run.output / f"{base}_heatmap.png"}
+    write_atomic(files["heatmap"], lambda handle: heatmap_image.save(handle, format="PNG"))
+    if options.overlay:
+        files["overlay"] = run.output / f"{base}_overlay.png"
+        blended = overlay(heatmap_image, image.photo if options.photo_size else image.cropped)
+        blended = hatch(blended, covered) if covered is not None and not bool(covered.all()) else blended
+        write_atomic(files["overlay"], lambda handle: blended.save(handle, format="PNG"))
+    if options.save_relevance and result is not None:
+        files["relevance"] = run.output / f"{base}_relevance.npy"
+        array = result.relevance[index].detach().cpu().numpy()
+        write_atomic(files["relevance"], lambda handle: np.save(handle, array))
+    record = Explained(
+        image=str(image.path), method=done.method, target=target, target_name=loaded.category(target),
+        target_probability=float(probabilities[target]), predicted=predicted,
+        predicted_name=loaded.category(predicted), probability=float(probabilities[predicted]),
+        start=None if result is None else float(result.start[index]),
+        relevance_sum=None if result is None else float(result.total[index]),
+        conservation_error=None if result is None else float(result.conservation_error[index]),
+        **{key: str(value) for key, value in files.items()},
+    )
+    _collect_tile(run, image, record, heatmap_image, done.k)
+    return record
+
+
+def _heatmap_image(run: _Run, image: _Image, shown: torch.Tensor) -> tuple[Image.Image, torch.Tensor | None]:
+    """The rendered heatmap, over the photo at its size (the part the model did not see hatched) or at the model
+    input's size; and the mask of what the model saw (None at the input's size)."""
+    options = run.options
+    if not options.photo_size:
+        return render(shown, options.cmap, normalized=options.normalize), None
+    region = run.loaded.preprocessing.input_region(image.photo.size)
+    values, covered = to_photo(shown, region, image.photo.size)
+    rendered = render(values, options.cmap, normalized=options.normalize, limit=limit_of(shown))
+    return (rendered if bool(covered.all()) else hatch(rendered, covered)), covered
+
+
+def _collect_tile(run: _Run, image: _Image, record: Explained, heatmap: Image.Image, k: int) -> None:
+    key = (str(image.path), k)
+    if key not in run.tiles and len(run.tiles) >= OVERVIEW_LIMIT:
+        return
+    caption = [image.path.name, f"{record.target_name} p={record.target_probability:.3f}"]
+    _, _, heatmaps = run.tiles.setdefault(key, (image.photo, caption, {}))
+    heatmaps[record.method] = (heatmap, [] if record.relevance_sum is None else [f"R={record.relevance_sum:.3g}"])
+
+
+def _write_pictures(run: _Run, names: list[str]) -> None:
+    if not run.tiles:
+        return
+    first = names[0]
+    entries = [(photo, caption + heatmaps[first][1], heatmaps[first][0])
+               for photo, caption, heatmaps in run.tiles.values() if first in heatmaps]
+    sheet = overview([(photo, heatmap, caption) for photo, caption, heatmap in entries])
+    write_atomic(run.output / "overview.png", lambda handle: sheet.save(handle, format="PNG"))
+    if len(names) > 1:
+        rows = [(photo, caption, [heatmaps[name] for name in names if name in heatmaps])
+                for photo, caption, heatmaps in run.tiles.values()]
+        grid = comparison(rows, names)
+        write_atomic(run.output / "comparison.png", lambda handle: grid.save(handle, format="PNG"))
+
+
+def _write_summary(output: Path, results: Sequence[Explained]) -> None:
+    rows = [asdict(result) for result in results]
+    write_json(output / "summary.json", rows)
+    write_csv(output / "summary.csv", rows, list(Explained.__dataclass_fields__))
 
 
 def _unique_stems(paths: Sequence[Path]) -> list[str]:
@@ -64,101 +322,6 @@ def _unique_stems(paths: Sequence[Path]) -> list[str]:
         seen[path.stem] = count + 1
         stems.append(path.stem if count == 0 else f"{path.stem}-{count}")
     return stems
-
-
-def explain_images(
-    loaded: LoadedModel,
-    paths: Sequence[Path],
-    output: Path,
-    options: ExplainOptions,
-    on_result: Callable[[Explained], None] | None = None,
-) -> tuple[list[Explained], list[tuple[Path, str]]]:
-    """Explain every image in ``paths`` and write its files into ``output``.
-
-    Images that cannot be read are skipped and returned as failures; every finished image's files are on disk
-    before the next batch starts, and ``summary.json`` / ``summary.csv`` are rewritten after every batch. The
-    folder is made when the first file is written: a run in which every image fails leaves nothing behind.
-
-    Returns
-    -------
-    (explained, failures)
-    """
-    device = next(loaded.model.parameters()).device
-    dtype = next(loaded.model.parameters()).dtype
-    results: list[Explained] = []
-    failures: list[tuple[Path, str]] = []
-    stems = dict(zip(paths, _unique_stems(paths)))
-    tiles: list[Image.Image] = []  # image and heatmap side by side, for overview.png
-    for batch in _batches(paths, options.batch_size):
-        images, tensors = [], []
-        for path in batch:
-            try:
-                cropped = loaded.preprocessing.image(open_image(path))  # resized and cropped once
-                images.append((path, cropped))
-                tensors.append(loaded.preprocessing.normalize(loaded.preprocessing.pixels(cropped, cropped=True)))
-            except ImageError as error:
-                failures.append((path, str(error)))
-        if not tensors:
-            continue
-        inputs = torch.stack(tensors).to(device=device, dtype=dtype)
-        # the first attribution (the given label, or the top-1 class) also yields the ranking for the top-k
-        first = attribute(loaded.model, inputs, options.method, options.target, options.start_with, tolerance=None)
-        ranked = first.output.argsort(1, descending=True)
-        if options.target is None and options.top_k > ranked.shape[1]:
-            raise AttributionError(f"top-k {options.top_k} is more than the model's {ranked.shape[1]} classes")
-        count = 1 if options.target is not None else options.top_k
-        for k in range(count):
-            result = first if k == 0 else attribute(loaded.model, inputs, options.method, ranked[:, k],
-                                                    options.start_with, tolerance=None)
-            maps = result.heatmap
-            if options.heat_quantization:
-                maps = quantize(maps, options.hq_level)
-            shown = normalize(maps, options.sign) if options.normalize else maps
-            probabilities = result.probabilities
-            for index, (path, cropped) in enumerate(images):
-                record, heatmap_image = _write(loaded, stems[path], path, cropped, output, options, result, shown,
-                                               probabilities, index)
-                results.append(record)
-                if len(tiles) < 2 * OVERVIEW_LIMIT:
-                    tiles += [cropped, heatmap_image]
-                if on_result is not None:
-                    on_result(record)
-        write_summary(output, results)
-    if tiles:
-        sheet = montage(tiles, columns=10)
-        write_atomic(output / "overview.png", lambda handle: sheet.save(handle, format="PNG"))
-    return results, failures
-
-
-def _write(loaded, stem, path, cropped, output, options, result, shown, probabilities, index):
-    """Write one (image, target)'s files; return its summary record and the heatmap image."""
-    target = int(result.target[index])
-    predicted = int(probabilities[index].argmax())
-    base = f"{stem}_{target}"
-    heatmap_image = render(shown[index], options.cmap, normalized=options.normalize)
-    files = {"heatmap": output / f"{base}_heatmap.png"}
-    write_atomic(files["heatmap"], lambda handle: heatmap_image.save(handle, format="PNG"))
-    if options.overlay:
-        files["overlay"] = output / f"{base}_overlay.png"
-        blended = overlay(heatmap_image, cropped)
-        write_atomic(files["overlay"], lambda handle: blended.save(handle, format="PNG"))
-    if options.save_relevance:
-        files["relevance"] = output / f"{base}_relevance.npy"
-        array = result.relevance[index].detach().cpu().numpy()
-        write_atomic(files["relevance"], lambda handle: np.save(handle, array))
-    return Explained(
-        image=str(path), target=target, target_name=loaded.category(target), predicted=predicted,
-        predicted_name=loaded.category(predicted), probability=float(probabilities[index, predicted]),
-        start=float(result.start[index]), relevance_sum=float(result.total[index]),
-        conservation_error=float(result.conservation_error[index]),
-        **{key: str(value) for key, value in files.items()},
-    ), heatmap_image
-
-
-def write_summary(output: Path, results: Sequence[Explained]) -> None:
-    rows = [asdict(result) for result in results]
-    write_json(output / "summary.json", rows)
-    write_csv(output / "summary.csv", rows, list(Explained.__dataclass_fields__))
 
 
 def _batches(items: Sequence, size: int) -> Iterator[Sequence]:

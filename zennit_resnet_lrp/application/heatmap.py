@@ -11,25 +11,27 @@ DIVERGING = {"bwr", "coldnhot", "france", "seismic", "coolio"}
 
 
 def quantize(heatmap: torch.Tensor, levels: int = 8) -> torch.Tensor:
-    """Heat quantization per map (docs/method.md, heat quantization): ``bins = linspace(min, max, levels)``; each value in
-    ``[bins[i], bins[i+1])`` becomes ``bins[i]``, the maximum stays.
+    """Heat quantization per map (docs/method.md, heat quantization): ``bins = linspace(min, max, levels)``; each value
+    in ``[bins[i], bins[i+1])`` becomes ``bins[i]``, the maximum stays. Computed as numpy's ``linspace`` does (in
+    float64, ``min + i * (max - min) / (levels - 1)``, the last bin the maximum itself), as the reference does.
 
     Parameters
     ----------
     heatmap : torch.Tensor
-        Maps (N, H, W) or one map (H, W).
+        Maps (N, ...), each quantized over all its values (a map with channels: over all channels), or one map
+        (H, W).
     levels : int
         Number of levels (the paper uses 8).
     """
     if levels < 2:
         raise ValueError(f"levels must be at least 2, not {levels}")
-    flat = heatmap.reshape(-1, heatmap.shape[-2] * heatmap.shape[-1]) if heatmap.ndim > 2 else heatmap.reshape(1, -1)
+    flat = (heatmap.reshape(heatmap.shape[0], -1) if heatmap.ndim > 2 else heatmap.reshape(1, -1)).double()
     low, high = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
-    steps = torch.linspace(0, 1, levels, dtype=flat.dtype, device=flat.device)
-    bins = low + (high - low) * steps  # (N, levels)
+    bins = low + torch.arange(levels, dtype=flat.dtype, device=flat.device) * ((high - low) / (levels - 1))
+    bins[:, -1:] = high  # exactly the maximum: (high - low) / (levels - 1) * (levels - 1) may round above it
     index = torch.searchsorted(bins.contiguous(), flat.contiguous(), right=True) - 1
     quantized = bins.gather(1, index.clamp(0, levels - 1))
-    return quantized.reshape(heatmap.shape)
+    return quantized.to(heatmap.dtype).reshape(heatmap.shape)
 
 
 def _cumulative_threshold(values: torch.Tensor, percentile: float) -> torch.Tensor:
@@ -64,11 +66,13 @@ def normalize(heatmap: torch.Tensor, sign: str = "positive", outlier_percent: fl
     return result.clamp(-1, 1).reshape(heatmap.shape)
 
 
-def render(heatmap: torch.Tensor, cmap: str = "bwr", normalized: bool = False) -> Image.Image:
+def render(heatmap: torch.Tensor, cmap: str = "bwr", normalized: bool = False,
+           limit: float | None = None) -> Image.Image:
     """One (H, W) map as an RGB image with a zennit colour map.
 
     A ``normalized`` map (values in [-1, 1]) is drawn on the fixed range [-1, 1] for diverging colour maps (0 is the
-    middle colour) and [0, 1] or [-1, 0] otherwise; a raw map symmetrically around 0.
+    middle colour) and [0, 1] or [-1, 0] otherwise; a raw map symmetrically around 0, up to ``limit`` (its largest
+    absolute value by default).
     """
     array = heatmap.detach().cpu().double().numpy()
     if normalized:
@@ -79,7 +83,7 @@ def render(heatmap: torch.Tensor, cmap: str = "bwr", normalized: bool = False) -
         else:
             low, high = 0.0, 1.0
     else:
-        high = float(np.abs(array).max()) or 1.0
+        high = (limit if limit is not None else float(np.abs(array).max())) or 1.0
         low = -high
     # zennit's palette, indexed here (zennit's imgify builds a PIL palette image newer Pillows reject)
     colours = palette(cmap)
@@ -87,18 +91,41 @@ def render(heatmap: torch.Tensor, cmap: str = "bwr", normalized: bool = False) -
     return Image.fromarray(colours[index], mode="RGB")
 
 
+def limit_of(heatmap: torch.Tensor) -> float:
+    """The largest absolute value of a map: the colour range :py:func:`render` gives it."""
+    return float(heatmap.detach().abs().max())
+
+
+def to_photo(heatmap: torch.Tensor, region: tuple[float, float, float, float],
+             size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A map of the model's input (H, W) laid over a photo of ``size`` (width, height), where the input came from
+    (``region``: its left, top, right, bottom in photo pixels; see ``Preprocessing.input_region``): the map sampled
+    bilinearly at the photo's pixels, and a mask of the pixels the input covers. Outside it (cut off by the crop) the
+    map is 0 and not to be shown as relevance."""
+    width, height = size
+    left, top, right, bottom = region
+    values = heatmap.detach().double()[None, None]
+    xs = (torch.arange(width, dtype=torch.float64) + 0.5 - left) / (right - left)  # 0..1 across the input
+    ys = (torch.arange(height, dtype=torch.float64) + 0.5 - top) / (bottom - top)
+    grid = torch.stack(torch.meshgrid(2 * xs - 1, 2 * ys - 1, indexing="xy"), dim=-1)[None]
+    sampled = torch.nn.functional.grid_sample(values, grid.to(values.device), mode="bilinear",
+                                              padding_mode="border", align_corners=False)[0, 0]
+    covered = ((ys >= 0) & (ys < 1))[:, None] & ((xs >= 0) & (xs < 1))[None, :]
+    return sampled.where(covered.to(sampled.device), torch.zeros_like(sampled)), covered
+
+
+def hatch(image: Image.Image, mask: torch.Tensor, shade: int = 160, spacing: int = 6) -> Image.Image:
+    """``image`` with the pixels outside ``mask`` (H, W) hatched grey: what the model did not see."""
+    array = np.asarray(image.convert("RGB")).copy()
+    outside = ~mask.cpu().numpy()
+    rows, columns = np.indices(outside.shape)
+    stripe = (rows + columns) % spacing < 2
+    array[outside] = (array[outside] * 0.35 + 0.65 * shade).astype(np.uint8)
+    array[outside & stripe] = shade // 2
+    return Image.fromarray(array, mode="RGB")
+
+
 def overlay(heatmap_image: Image.Image, image: Image.Image, alpha: float = 0.6) -> Image.Image:
-    """The heatmap blended over a grayscale copy of the image (same size as the heatmap)."""
+    """The heatmap blended over a grayscale copy of the image (scaled to the heatmap's size)."""
     base = image.convert("L").convert("RGB").resize(heatmap_image.size, Image.BILINEAR)
     return Image.blend(base, heatmap_image.convert("RGB"), alpha)
-
-
-def montage(tiles: list[Image.Image], columns: int = 10, tile: int = 112) -> Image.Image:
-    """Tiles side by side in rows of ``columns``, each scaled to ``tile`` pixels (nearest neighbour: pixels stay
-    sharp), for an overview of many heatmaps."""
-    rows = (len(tiles) + columns - 1) // columns
-    sheet = Image.new("RGB", (min(columns, len(tiles)) * (tile + 2), rows * (tile + 2)), "white")
-    for index, image in enumerate(tiles):
-        scaled = image.convert("RGB").resize((tile, tile), Image.NEAREST)
-        sheet.paste(scaled, ((index % columns) * (tile + 2), (index // columns) * (tile + 2)))
-    return sheet

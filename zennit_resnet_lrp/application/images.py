@@ -12,6 +12,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as transforms
+from torchvision.transforms.functional import _compute_resized_output_size
 
 from ..composites import IMAGENET_MEAN, IMAGENET_STD, box_bounds
 
@@ -56,19 +57,42 @@ class Preprocessing:
         return cls(resize=transform.resize_size[0], crop=transform.crop_size[0], mean=tuple(transform.mean),
                    std=tuple(transform.std), interpolation=transform.interpolation.value)
 
+    @property
+    def input_size(self) -> int:
+        """The side of the model's input: the crop, else the resize, else ImageNet's 224."""
+        return self.crop or self.resize or 224
+
     def image(self, image: Image.Image) -> Image.Image:
-        """The resized and cropped image (what the network sees, before normalisation)."""
-        image = image.convert("L" if self.channels == 1 else "RGB")
+        """The resized and cropped image (what the network sees, before normalisation); single-channel float images
+        ("F", from 16-bit files) stay floats."""
+        if image.mode != "F":
+            image = image.convert("L" if self.channels == 1 else "RGB")
         if self.resize:
             image = transforms.resize(image, [self.resize], InterpolationMode(self.interpolation), antialias=True)
         if self.crop:
             image = transforms.center_crop(image, [self.crop])
         return image
 
+    def input_region(self, size: tuple[int, int]) -> tuple[float, float, float, float]:
+        """Where the model's input lies in a photo of ``size`` (width, height): ``(left, top, right, bottom)`` in
+        photo pixels, through the resize and the crop (beyond the photo where the crop pads it)."""
+        width, height = size
+        new_height, new_width = (_compute_resized_output_size((height, width), [self.resize]) if self.resize
+                                 else (height, width))
+        left, top, crop_width, crop_height = 0, 0, new_width, new_height
+        if self.crop:
+            crop_width = crop_height = self.crop
+            left = int(round((new_width - self.crop) / 2.0)) if self.crop <= new_width else -((self.crop - new_width) // 2)
+            top = int(round((new_height - self.crop) / 2.0)) if self.crop <= new_height \
+                else -((self.crop - new_height) // 2)
+        scale_x, scale_y = width / new_width, height / new_height
+        return left * scale_x, top * scale_y, (left + crop_width) * scale_x, (top + crop_height) * scale_y
+
     def pixels(self, image: Image.Image, cropped: bool = False) -> torch.Tensor:
         """The cropped image as a (C, H, W) tensor of pixel values in [0, 1] (before normalisation); ``cropped``:
         ``image`` is :py:meth:`image`'s result already."""
-        return transforms.to_tensor(image if cropped else self.image(image))
+        tensor = transforms.to_tensor(image if cropped else self.image(image))
+        return tensor.expand(self.channels, -1, -1).clone() if tensor.shape[0] != self.channels else tensor
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         """Normalise a [0, 1] tensor (C, H, W) or batch (N, C, H, W)."""
@@ -83,23 +107,56 @@ class Preprocessing:
 
 
 def open_image(path: str | os.PathLike) -> Image.Image:
-    """Read an image fully (grayscale, RGBA, palette and CMYK are all fine); raise :py:class:`ImageError`."""
+    """:py:func:`read_image` without its notes."""
+    return read_image(path)[0]
+
+
+HIGH_BIT_DEPTH = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 65535}
+
+
+def read_image(path: str | os.PathLike) -> tuple[Image.Image, list[str]]:
+    """Read an image fully, as "RGB", "L" or "F" (one channel of floats), with a note for each change to its
+    content; raise :py:class:`ImageError`.
+
+    Grayscale images of 16 bits (and 32-bit integer ones holding 16-bit values) become "F" scaled to [0, 1] as
+    8-bit ones are (``value / 65535``); palettes become RGB; CMYK is converted to RGB, the alpha channel dropped and
+    only the first frame of an animation read, each with a note.
+    """
     path = Path(path)
     if not path.is_file():
         raise ImageError(f"{path}: no such image file")
+    notes = []
     try:
         with Image.open(path) as image:
+            frames = getattr(image, "n_frames", 1)
             image.load()
+            if frames > 1:
+                notes.append(f"the first of its {frames} frames")
             if image.mode == "F" and not np.isfinite(np.asarray(image)).all():
                 raise ImageError(f"{path}: holds NaN or infinite pixel values")
-            if image.mode not in ("RGB", "L"):
-                # palette with transparency and CMYK go through RGBA/RGB so colours come out right
-                image = image.convert("RGBA" if "transparency" in image.info or image.mode in ("P", "LA") else "RGB")
-                if image.mode == "RGBA":
-                    image = image.convert("RGB")
-            return image.copy()
+            return _plain_mode(image, notes).copy(), notes
     except (UnidentifiedImageError, OSError, ValueError) as error:
         raise ImageError(f"{path}: not a readable image ({error.__class__.__name__}: {error})") from None
+
+
+def _plain_mode(image: Image.Image, notes: list[str]) -> Image.Image:
+    """``image`` as "RGB", "L" or "F"; ``notes`` gets what changed."""
+    if image.mode in ("RGB", "L", "F"):
+        return image
+    if image.mode in HIGH_BIT_DEPTH:
+        values = np.asarray(image, dtype=np.float64)
+        scale = HIGH_BIT_DEPTH[image.mode] if values.max(initial=0) <= 65535 else 2.0 ** 32 - 1
+        return Image.fromarray((values / scale).astype(np.float32), mode="F")
+    if image.mode == "CMYK":
+        notes.append("converted from CMYK to RGB")
+        return image.convert("RGB")
+    transparent = "A" in image.mode or "transparency" in image.info
+    if transparent:
+        notes.append("its alpha channel dropped")
+    if image.mode in ("LA", "La"):
+        return image.convert("L")
+    # palette (with transparency through RGBA, so colours come out right), YCbCr, LAB, HSV, 1-bit, ...
+    return (image.convert("RGBA") if image.mode == "P" and transparent else image).convert("RGB")
 
 
 def find_images(paths: Iterable[str]) -> list[Path]:

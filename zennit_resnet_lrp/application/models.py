@@ -2,8 +2,10 @@
 local checkpoints, random weights, shipped demo models."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,6 +61,7 @@ def load_model(
     weights: str | os.PathLike | None = None,
     num_classes: int | None = None,
     device: str | torch.device = "cpu",
+    seed: int = 0,
 ) -> LoadedModel:
     """Build ``name`` and load ``weights``.
 
@@ -74,9 +77,17 @@ def load_model(
     num_classes : int, optional
         Output classes, for a new head (200 for CUB).
     device : str or torch.device
+    seed : int
+        Random weights are drawn from this seed (the global random state is left as it was).
 
     Raises :py:class:`ModelError` with one line that names the problem and the fix.
     """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _load(name, weights, num_classes, device)
+
+
+def _load(name, weights, num_classes, device) -> LoadedModel:
     random = weights is None or str(weights) == RANDOM_WEIGHTS
     if name in DEMO_MODELS:
         spec = DEMO_MODELS[name]
@@ -160,7 +171,11 @@ def load_checkpoint(model: torch.nn.Module, path: str | os.PathLike, name: str =
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # unpickling errors come in many types
-        raise ModelError(f"{path}: not a readable weights-only checkpoint ({error.__class__.__name__})") from None
+        if zipfile.is_zipfile(path):
+            raise ModelError(f"{path}: not a readable weights-only checkpoint ({error.__class__.__name__}): it holds "
+                             "objects other than tensors (a whole model?); save model.state_dict() instead") from None
+        raise ModelError(f"{path}: not a readable weights-only checkpoint ({error.__class__.__name__}): not a "
+                         "complete torch.save file (cut short?); save model.state_dict() again") from None
     if isinstance(state, dict):
         for key in ("state_dict", "model"):
             if isinstance(state.get(key), dict):
@@ -194,3 +209,43 @@ def load_checkpoint(model: torch.nn.Module, path: str | os.PathLike, name: str =
 
 def _few(keys: list[str]) -> str:
     return ", ".join(keys[:4]) + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model as the command line names it: name, weights, head size, device, preprocessing overrides and the
+    seed of random weights. :py:meth:`load` builds it."""
+
+    name: str
+    weights: str | None = None
+    num_classes: int | None = None
+    device: str | torch.device = "cpu"
+    resize: int | None = None
+    crop: int | None = None
+    mean: tuple | None = None
+    std: tuple | None = None
+    seed: int = 0
+
+    @property
+    def implicitly_random(self) -> bool:
+        """No weights were given for a model that has no shipped ones: its weights are random without being asked
+        for."""
+        return not self.weights and self.name not in DEMO_MODELS
+
+    def load(self, weights: str | None = None) -> LoadedModel:
+        """The model with ``weights`` (this spec's when not given), the preprocessing overrides applied; raises
+        :py:class:`ModelError` (``--mean``/``--std`` of the wrong length included)."""
+        loaded = load_model(self.name, weights or self.weights or None, self.num_classes, self.device, self.seed)
+        base = loaded.preprocessing
+        overrides = {key: value for key, value in (("resize", self.resize), ("crop", self.crop),
+                                                   ("mean", self.mean), ("std", self.std)) if value is not None}
+        loaded.preprocessing = dataclasses.replace(base, **overrides)
+        for option, values in (("--mean", loaded.preprocessing.mean), ("--std", loaded.preprocessing.std)):
+            if len(values) != base.channels:
+                raise PreprocessingError(f"{option}: {self.name} takes {base.channels} channel(s), got {len(values)} "
+                                         "values")
+        return loaded
+
+
+class PreprocessingError(UnknownNameError):
+    """Preprocessing options that do not fit the model (a usage error)."""

@@ -10,8 +10,15 @@ import torch
 from ..conservation import ConservationReport
 
 
+class PlotError(RuntimeError):
+    """A figure that cannot be drawn: matplotlib is missing."""
+
+
 def _pyplot():
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise PlotError("--plot needs matplotlib: pip install 'zennit-resnet-lrp[plot]'") from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

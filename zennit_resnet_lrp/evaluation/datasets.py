@@ -74,7 +74,8 @@ def cub_test(root: str | os.PathLike) -> tuple[list[Sample], list[str]]:
 
 def subsample(samples: list[Sample], per_class: int | None = None, limit: int | None = None,
               seed: int = 0) -> list[Sample]:
-    """The paper's sampling: ``per_class`` images of every class (seeded), then at most ``limit`` in all."""
+    """Our sampling: ``per_class`` images of every class, drawn per class with ``seed`` and kept in dataset order,
+    then at most ``limit`` in all."""
     if per_class is not None:
         generator = np.random.default_rng(seed)
         by_class: dict[int, list[Sample]] = {}
@@ -87,6 +88,26 @@ def subsample(samples: list[Sample], per_class: int | None = None, limit: int | 
             chosen += [group[i] for i in sorted(picks)]
         samples = chosen
     return samples[:limit] if limit is not None else samples
+
+
+def subsample_shuffled(samples: list[Sample], per_class: int | None = None, limit: int | None = None,
+                       seed: int = 42) -> list[Sample]:
+    """The reference implementation's sampling: the dataset in the order of a torch ``DataLoader`` shuffled by a
+    generator seeded with ``seed`` (its base-seed draw, then ``randperm``), the first ``per_class`` images of each
+    label in that order, then at most ``limit``."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    torch.empty((), dtype=torch.int64).random_(generator=generator)  # the DataLoader's base seed, drawn first
+    order = torch.randperm(len(samples), generator=generator).tolist()
+    counts: dict[int, int] = {}
+    chosen = []
+    for index in order:
+        label = samples[index].label
+        counts[label] = counts.get(label, 0) + 1
+        if per_class is None or counts[label] <= per_class:
+            chosen.append(samples[index])
+    return chosen[:limit] if limit is not None else chosen
 
 
 def shipped_digits() -> tuple[list[Sample], list[str]]:

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 BASELINES = ("black", "blur", "mean")
 MODES = ("insertion", "deletion")
+PATCH_GRIDS = ("cover", "reference")
 
 
 @dataclass
@@ -24,6 +25,11 @@ class CurveSpec:
         Alternatively, the number of curve points (``step = ceil(pixels / points)``), for small images.
     patch_size : int
         Pool the map with a max over each ``patch_size`` square and perturb whole patches (1: pixels).
+    patch_grid : {"cover", "reference"}
+        Where ``patch_size`` does not divide the image: ``cover`` pools the partial patches at the border over the
+        pixels they have and perturbs exactly them; ``reference`` pools as the reference implementation does
+        (``skimage``'s ``block_reduce``: padded with zeros), counts curve points over the whole patches only, and
+        scales the patch masks to the image by nearest neighbour (OpenCV's ``INTER_NEAREST``).
     baseline : {"black", "blur", "mean"}
         What removed pixels become: black (0 in [0, 1] space, the paper), a blurred copy, or the image mean.
     strict : bool
@@ -36,10 +42,13 @@ class CurveSpec:
     patch_size: int = 1
     baseline: str = "black"
     strict: bool = False
+    patch_grid: str = "cover"
 
     def __post_init__(self) -> None:
         if self.baseline not in BASELINES:
             raise ValueError(f"unknown baseline {self.baseline!r}; choose one of {', '.join(BASELINES)}")
+        if self.patch_grid not in PATCH_GRIDS:
+            raise ValueError(f"unknown patch grid {self.patch_grid!r}; choose one of {', '.join(PATCH_GRIDS)}")
         if self.step is not None and self.points is not None:
             raise ValueError("give step or points, not both")
         if self.step is None and self.points is None:
@@ -51,11 +60,22 @@ class CurveSpec:
         return self.step if self.step is not None else math.ceil(count / self.points)
 
 
-def patch_maps(maps: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """Maps (N, H, W) pooled to patches with a max: (N, ceil(H/p), ceil(W/p))."""
+def patch_maps(maps: torch.Tensor, patch_size: int, grid: str = "cover") -> torch.Tensor:
+    """Maps (N, H, W) pooled to patches with a max: (N, ceil(H/p), ceil(W/p)); the ``reference`` grid pads the
+    border with zeros first, as ``skimage.measure.block_reduce`` does."""
     if patch_size == 1:
         return maps
+    if grid == "reference":
+        height, width = maps.shape[-2:]
+        maps = F.pad(maps, (0, -width % patch_size, 0, -height % patch_size), value=0.0)
     return F.max_pool2d(maps[:, None], patch_size, patch_size, ceil_mode=True)[:, 0]
+
+
+def _nearest_rows(source: int, target: int, device) -> torch.Tensor:
+    """OpenCV's ``INTER_NEAREST`` index map from ``target`` pixels back to ``source`` cells:
+    ``min(floor(i * source / target), source - 1)``."""
+    return (torch.arange(target, device=device, dtype=torch.float64) * (source / target)).floor().long() \
+        .clamp(max=source - 1)
 
 
 def curve_masks(maps: torch.Tensor, spec: CurveSpec) -> tuple[int, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
@@ -66,11 +86,12 @@ def curve_masks(maps: torch.Tensor, spec: CurveSpec) -> tuple[int, Callable[[tor
     position ``k = min(step (i + 1), count - 1)`` and keeps every patch with value ``>= t``.
     """
     height, width = maps.shape[-2:]
-    patches = patch_maps(maps, spec.patch_size)
+    patches = patch_maps(maps, spec.patch_size, spec.patch_grid)
     flat = patches.flatten(1)
     count = flat.shape[1]
-    step = spec.step_for(count)
-    points = math.ceil(count / step)
+    whole = (height // spec.patch_size) * (width // spec.patch_size) if spec.patch_grid == "reference" else count
+    step = spec.step_for(whole)
+    points = math.ceil(whole / step)
     order = torch.sort(flat, dim=1, descending=True, stable=True).indices
     if spec.strict:
         rank = torch.empty_like(order)
@@ -78,6 +99,8 @@ def curve_masks(maps: torch.Tensor, spec: CurveSpec) -> tuple[int, Callable[[tor
     else:
         positions = torch.clamp(torch.arange(1, points + 1, device=flat.device) * step, max=count - 1)
         thresholds = flat.gather(1, order).index_select(1, positions)  # (N, points)
+    rows = _nearest_rows(patches.shape[-2], height, flat.device)
+    columns = _nearest_rows(patches.shape[-1], width, flat.device)
 
     def masks(samples: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         if spec.strict:
@@ -86,8 +109,11 @@ def curve_masks(maps: torch.Tensor, spec: CurveSpec) -> tuple[int, Callable[[tor
         else:
             keep = flat[samples] >= thresholds[samples, indices][:, None]
         keep = keep.view(-1, *patches.shape[-2:])
-        if spec.patch_size > 1:
-            keep = keep.repeat_interleave(spec.patch_size, 1).repeat_interleave(spec.patch_size, 2)
+        if spec.patch_size == 1:
+            return keep
+        if spec.patch_grid == "reference":
+            return keep[:, rows][:, :, columns]
+        keep = keep.repeat_interleave(spec.patch_size, 1).repeat_interleave(spec.patch_size, 2)
         return keep[:, :height, :width]
 
     return points, masks

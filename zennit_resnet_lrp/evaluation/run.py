@@ -1,10 +1,9 @@
-"""Run methods x images x models through Insertion/Deletion: resumable, sharded over processes, summarised."""
+"""Score methods x images x models through Insertion/Deletion: resumable, sharded over processes, every random choice
+drawn from the run's seed."""
 from __future__ import annotations
 
-import json
-import math
+import hashlib
 import os
-import statistics
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,36 +11,21 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
-from ..application.heatmap import quantize
 from ..application.images import ImageError, open_image
+from ..application.methods import MethodContext, get_method, method_names
 from ..application.models import LoadedModel
+from ..tracing import TraceCache
 from .datasets import Sample
-from .methods import METHODS, MethodError, get_method
 from .metrics import CurveSpec, insertion_deletion
+from .protocol import OURS, PROTOCOLS, Protocol
+from .store import RowWriter, read_rows
 
-SCORE_FILES = "scores*.jsonl"
 # what `resnet-lrp evaluate` compares when no --methods are given: the proposed method against the paper's baselines
 DEFAULT_METHODS = ("flows_skip", "zennit_epsilon_plus_flat", "lrp_epsilon_plain", "gradient", "integrated_gradients",
                    "random")
 # the paper's curve step at 224x224; smaller images get this many points instead
 PAPER_STEP = 500
 SMALL_IMAGE_POINTS = 28
-
-
-def method_names(methods: str | Sequence[str] | None, *extra: str | None) -> list[str]:
-    """The methods to evaluate: a comma-separated list or sequence (``"all"`` for every method, None for
-    :py:data:`DEFAULT_METHODS`) followed by ``extra`` names not yet in it; each checked to exist."""
-    if methods is None:
-        names = list(DEFAULT_METHODS)
-    elif isinstance(methods, str):
-        names = list(METHODS) if methods == "all" else [n.strip() for n in methods.split(",") if n.strip()]
-    else:
-        names = list(methods)
-    names += [name for name in dict.fromkeys(extra) if name and name not in names]
-    unknown = [name for name in names if name not in METHODS]
-    if unknown:
-        raise MethodError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
-    return names
 
 
 def default_curve_spec(image_size: int, **options) -> CurveSpec:
@@ -52,6 +36,13 @@ def default_curve_spec(image_size: int, **options) -> CurveSpec:
         else:
             options["points"] = SMALL_IMAGE_POINTS
     return CurveSpec(**options)
+
+
+def sample_seed(seed: int, image: str | os.PathLike) -> int:
+    """The seed of one image's random choices: from the run's seed and the image's path alone, so it is the same
+    whatever batch, shard or resumed run scores the image."""
+    digest = hashlib.sha256(f"{seed}:{image}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
 
 
 @dataclass(frozen=True)
@@ -102,9 +93,11 @@ class EvaluationSettings:
     Attributes
     ----------
     methods : list of str
-        Names from :py:data:`zennit_resnet_lrp.evaluation.methods.METHODS`.
+        Names from :py:data:`zennit_resnet_lrp.application.methods.METHODS`.
     spec : CurveSpec
         Curve step, patch size, baseline, ordering.
+    protocol : Protocol
+        Ours or the reference implementation's conventions (:py:mod:`zennit_resnet_lrp.evaluation.protocol`).
     batch_size : int
         Curve images per forward pass.
     images_per_step : int
@@ -114,26 +107,30 @@ class EvaluationSettings:
     explain : {"predicted", "label"}
         Explain each image's top-1 prediction (the reference) or its ground-truth label; the score is always the
         ground-truth label's probability.
+    seed : int
+        The seed every random choice of the methods is drawn from (per image: :py:func:`sample_seed`).
     """
 
     methods: list[str]
     spec: CurveSpec = field(default_factory=CurveSpec)
+    protocol: Protocol = PROTOCOLS[OURS]
     batch_size: int = 64
     images_per_step: int = 8
     heat_quantization: int | None = None
     explain: str = "predicted"
+    seed: int = 0
 
 
-def read_rows(output: Path) -> list[dict]:
-    """Every finished score row in ``output`` (all shards); a line cut short by an interruption is ignored."""
-    rows: list[dict] = []
-    for path in sorted(output.glob(SCORE_FILES)):
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return rows
+@dataclass
+class _Job:
+    """One model's part of a run: where its rows go and what is done."""
+
+    model_id: str
+    loaded: LoadedModel
+    settings: EvaluationSettings
+    done: set
+    writer: RowWriter
+    cache: TraceCache = field(default_factory=TraceCache)
 
 
 def evaluate(
@@ -141,13 +138,12 @@ def evaluate(
     samples: Sequence[Sample],
     settings: EvaluationSettings,
     output: Path,
-    rank: int = 0,
-    world: int = 1,
+    shard: Shard = Shard(),
     progress: Callable[[int], None] | None = None,
 ) -> tuple[int, list[tuple[str, str]]]:
-    """Score ``samples[rank::world]`` with every method on every model, appending one JSON line per
-    (model, image, method) to ``output/scores[.rankR].jsonl`` as soon as it is known; rows already in ``output``
-    are skipped, so an interrupted run resumes where it stopped.
+    """Score this shard's ``samples`` (``samples[rank::world]``) with every method on every model, appending one JSON
+    line per (model, image, method) to ``output/scores[.rankR].jsonl`` as soon as it is known; rows already in
+    ``output`` are skipped, so an interrupted run resumes where it stopped.
 
     Returns
     -------
@@ -155,129 +151,66 @@ def evaluate(
     """
     method_names(settings.methods)  # unknown names fail before any work
     done = {(row["model"], row["image"], row["method"]) for row in read_rows(output)}
-    mine = list(samples)[rank::world]
-    path = output / ("scores.jsonl" if world == 1 else f"scores.rank{rank}.jsonl")
+    mine = list(samples)[shard.rank::shard.world]
+    path = output / ("scores.jsonl" if shard.world == 1 else f"scores.rank{shard.rank}.jsonl")
     written, failures = 0, []
-    _drop_cut_line(path)
-    with closing(_Sink(path)) as sink:
+    with closing(RowWriter(path)) as writer:
         for model_id, loaded in models:
-            device = next(loaded.model.parameters()).device
-            dtype = next(loaded.model.parameters()).dtype
-            prep = loaded.preprocessing
-            bounds = prep.bounds(dtype, device)
+            job = _Job(model_id, loaded, settings, done, writer)
             for begin in range(0, len(mine), settings.images_per_step):
                 chunk = mine[begin:begin + settings.images_per_step]
-                todo = [s for s in chunk if any((model_id, str(s.path), m) not in done for m in settings.methods)]
-                pixels, kept = [], []
-                for sample in todo:
-                    try:
-                        pixels.append(prep.pixels(open_image(sample.path)))
-                        kept.append(sample)
-                    except ImageError as error:
-                        failures.append((str(sample.path), str(error)))
-                if pixels:
-                    written += _score_chunk(loaded, model_id, kept, torch.stack(pixels).to(device, dtype), bounds,
-                                            settings, done, sink)
+                written += _score_chunk(job, chunk, failures)
                 if progress is not None:
                     progress(len(chunk))
     return written, failures
 
 
-class _Sink:
-    """Appends score rows to ``path``; the file (and its folder) is made with the first row, so a run that scores
-    nothing leaves nothing behind."""
-
-    def __init__(self, path: Path) -> None:
-        self.path, self.handle = path, None
-
-    def write(self, text: str) -> None:
-        if self.handle is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.handle = open(self.path, "a")
-        self.handle.write(text)
-
-    def flush(self) -> None:
-        if self.handle is not None:
-            self.handle.flush()
-
-    def close(self) -> None:
-        if self.handle is not None:
-            self.handle.close()
+def _score_chunk(job: _Job, chunk: Sequence[Sample], failures: list) -> int:
+    """Score the images of ``chunk`` not done yet with every method not done for them."""
+    todo = [s for s in chunk if any((job.model_id, str(s.path), m) not in job.done for m in job.settings.methods)]
+    parameter = next(job.loaded.model.parameters())
+    pixels, kept = [], []
+    for sample in todo:
+        try:
+            pixels.append(job.loaded.preprocessing.pixels(open_image(sample.path)))
+            kept.append(sample)
+        except ImageError as error:
+            failures.append((str(sample.path), str(error)))
+    if not pixels:
+        return 0
+    return _score_images(job, kept, torch.stack(pixels).to(parameter.device, parameter.dtype))
 
 
-def _drop_cut_line(path: Path) -> None:
-    """Cut a last line left unfinished by an interruption, so appended rows start on a line of their own."""
-    if not path.exists():
-        return
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        path.write_bytes(data[:data.rfind(b"\n") + 1])
-
-
-def _score_chunk(loaded, model_id, samples, pixels, bounds, settings, done, sink) -> int:
-    prep = loaded.preprocessing
+def _score_images(job: _Job, samples: Sequence[Sample], pixels: torch.Tensor) -> int:
+    settings, prep = job.settings, job.loaded.preprocessing
     inputs = prep.normalize(pixels)
     labels = torch.tensor([s.label for s in samples], device=pixels.device)
     with torch.no_grad():
-        predicted = loaded.model(inputs).argmax(1)
+        predicted = job.loaded.model(inputs).argmax(1)
     targets = predicted if settings.explain == "predicted" else labels
+    levels = settings.heat_quantization
     written = 0
     for name in settings.methods:
-        pending = [i for i, s in enumerate(samples) if (model_id, str(s.path), name) not in done]
+        pending = [i for i, s in enumerate(samples) if (job.model_id, str(s.path), name) not in job.done]
         if not pending:
             continue
         index = torch.tensor(pending, device=pixels.device)
-        maps = get_method(name)(loaded.model, inputs[index], targets[index], bounds).detach()
-        if settings.heat_quantization:
-            maps = quantize(maps, settings.heat_quantization)
-        scores = insertion_deletion(loaded.model, pixels[index], maps, labels[index], prep.normalize, settings.spec,
-                                    settings.batch_size)
+        context = MethodContext(prep.bounds(pixels.dtype, pixels.device),
+                                [sample_seed(settings.seed, samples[i].path) for i in pending], job.cache)
+        maps = get_method(name).run(job.loaded.model, inputs[index], targets[index], context).detach()
+        maps = settings.protocol.flat_maps(maps, levels)
+        scores = insertion_deletion(job.loaded.model, pixels[index], maps, labels[index], prep.normalize,
+                                    settings.spec, settings.batch_size)
         for row_index, sample_index in enumerate(pending):
             sample = samples[sample_index]
-            row = {
-                "model": model_id, "image": str(sample.path), "label": sample.label,
+            job.writer.write({
+                "model": job.model_id, "image": str(sample.path), "label": sample.label,
                 "target": int(targets[sample_index]), "method": name,
                 **{key: float(scores[key][row_index]) for key in ("insertion", "deletion", "id")},
                 "insertion_curve": [round(v, 6) for v in scores["insertion_curve"][row_index].tolist()],
                 "deletion_curve": [round(v, 6) for v in scores["deletion_curve"][row_index].tolist()],
-            }
-            sink.write(json.dumps(row) + "\n")
-            done.add((model_id, row["image"], name))
+            })
+            job.done.add((job.model_id, str(sample.path), name))
             written += 1
-        sink.flush()
+        job.writer.flush()
     return written
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    if not values:
-        return math.nan, math.nan
-    return statistics.fmean(values), statistics.pstdev(values) if len(values) > 1 else 0.0
-
-
-def summarize(rows: Sequence[dict], methods: Sequence[str] | None = None) -> list[dict]:
-    """Insertion, Deletion and ID per method as mean and std: over images for one model; over the models' means
-    when there are several (the paper's five CUB models)."""
-    methods = list(methods or dict.fromkeys(row["method"] for row in rows))
-    table = []
-    for method in methods:
-        mine = [row for row in rows if row["method"] == method]
-        model_ids = list(dict.fromkeys(row["model"] for row in mine))
-        entry = {"method": method, "images": len({row["image"] for row in mine}), "models": len(model_ids)}
-        for metric in ("insertion", "deletion", "id"):
-            if len(model_ids) > 1:
-                per_model = [statistics.fmean(r[metric] for r in mine if r["model"] == m) for m in model_ids]
-                entry[metric], entry[f"{metric}_std"] = _mean_std(per_model)
-            else:
-                entry[metric], entry[f"{metric}_std"] = _mean_std([r[metric] for r in mine])
-        table.append(entry)
-    return table
-
-
-def format_markdown(table: Sequence[dict]) -> str:
-    """The table as markdown, values in %."""
-    over = "models" if any(entry["models"] > 1 for entry in table) else "images"
-    lines = ["| method | images | Insertion | Deletion | ID |", "| --- | --- | --- | --- | --- |"]
-    for entry in table:
-        cells = [f"{100 * entry[m]:.1f} +- {100 * entry[m + '_std']:.1f}" for m in ("insertion", "deletion", "id")]
-        lines.append(f"| {entry['method']} | {entry['images']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + f"\n\nvalues in %, mean +- std over {over}"

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from zennit_resnet_lrp.evaluation.methods import METHODS
+from zennit_resnet_lrp.application.methods import METHODS
 from zennit_resnet_lrp.application.models import load_model
 
 
