@@ -62,6 +62,8 @@ def evaluate_command(run, dataset, dataset_root, method_list, protocol, per_clas
         images_per_step=images_per_step, output=output, plot=plot,
     )
 
+    run.use_threads()
+
     def announce(text: str) -> None:  # the models are loaded by then
         run.warn_if_random()
         click.echo(text, err=True)

@@ -137,6 +137,7 @@ def explain(images, run, method_list, target, top_k, start_with, heat_quantizati
     if cmap not in CMAPS:
         raise click.BadParameter(f"unknown colour map {cmap!r}; choose one of {', '.join(CMAPS)}", param_hint="--cmap")
     check_output_folder(output)
+    run.use_threads()
     loaded = run.load()
     paths = _images(run.model, images)
     options = ExplainOptions(methods=names, target=target, top_k=top_k, start_with=start_with,
@@ -207,6 +208,7 @@ def check(images, run, random_count, start_with, dtype, tolerance, json_path, pl
     for path in (json_path, plot):
         if path and path != "-":
             check_output_file(path)
+    run.use_threads()
     loaded = run.load()
     paths = _images(run.model, images) if images else []
     seed = 0 if run.seed is None else run.seed

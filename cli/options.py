@@ -11,8 +11,9 @@ from pathlib import Path
 import click
 import torch
 
-from zennit_resnet_lrp.application.demo import DEFAULT_DEMO
+from zennit_resnet_lrp.application.demo import DEFAULT_DEMO, DEMO_MODELS
 from zennit_resnet_lrp.application.models import RANDOM_WEIGHTS, TIMM_PREFIX, LoadedModel, ModelSpec
+from zennit_resnet_lrp.application.threads import choose_threads
 from zennit_resnet_lrp.attribution import START_WITH
 from zennit_resnet_lrp.composites import DEFAULT_METHOD, PAPER_VARIANTS
 
@@ -92,6 +93,12 @@ class RunOptions:
         weights = self.weights[0] if isinstance(self.weights, tuple) and self.weights else self.weights
         return ModelSpec(self.model, weights or None, self.num_classes, resolve_device(self.device), self.resize,
                          self.crop, self.mean, self.std, 0 if self.seed is None else self.seed)
+
+    def use_threads(self) -> int:
+        """Set torch's thread count for this run (:py:func:`choose_threads`: the demo models are small); return it."""
+        threads = choose_threads(small=self.model in DEMO_MODELS)
+        torch.set_num_threads(threads)
+        return threads
 
     def load(self) -> LoadedModel:
         """The model, warning on stderr when its weights are random without being asked for."""

@@ -123,3 +123,11 @@ def test_progress_reports_every_batch(resnet18, inputs):
     done = []
     lrp.check_conservation(resnet18, torch.cat([inputs, inputs, inputs[:1]]), batch_size=2, progress=done.append)
     assert done == [2, 2, 1]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_inputs_are_refused(resnet18, inputs, bad):
+    x = inputs.clone()
+    x[1, 0, 3, 4] = bad
+    with pytest.raises(lrp.AttributionError, match=r"NaN or infinite values \(sample\(s\) 1\)"):
+        lrp.attribute(resnet18, x)

@@ -58,6 +58,8 @@ def test_skip_share_matches_ratio(resnet18, inputs):
             assert torch.equal(block.skip, torch.zeros_like(block.skip)), block.name
 
 
-def test_float32_conserves_to_rounding():
-    result = lrp.attribute(make_model("resnet18", dtype=torch.float32), make_inputs(2, 64, dtype=torch.float32))
-    assert float(result.conservation_error.max()) <= 1e-4
+@pytest.mark.parametrize("name", ["resnet18", pytest.param("resnet50", marks=pytest.mark.slow)])
+def test_float32_conserves_to_the_default_tolerance(name):
+    """docs/method.md's claim: 1e-5 in float32 (measured: 1.4e-7 on resnet18, 4.2e-7 on resnet50)."""
+    result = lrp.attribute(make_model(name, dtype=torch.float32), make_inputs(4, 64, dtype=torch.float32))
+    assert float(result.conservation_error.max()) <= lrp.DEFAULT_TOLERANCE == 1e-5

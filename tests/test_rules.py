@@ -134,3 +134,19 @@ def test_maxpool_proportional_matches_average_pool_formula(ceil_mode, channels_l
     result = _propagate(lrp.MaxPoolProportional(0.0, "flat"), pool, a, relevance)
     torch.testing.assert_close(result, expected * a)
     assert float(result.sum()) == pytest.approx(float(relevance.sum()), rel=1e-12)
+
+
+@pytest.mark.parametrize("epsilon", [0.0, 1e-5])
+def test_unit_with_positive_but_negligible_z_gets_the_flat_share_alone(epsilon):
+    """A unit whose positive pre-activation is above 0 but below the floor ``tiny`` goes the flat way, and only that
+    way: its relevance arrives at the input once, not once by its proportional share and once more flat."""
+    linear = torch.nn.Linear(2, 2, bias=False).double()
+    with torch.no_grad():
+        linear.weight.copy_(torch.tensor([[1.0, 1.0], [1.0, 3.0]]))
+    tiny = torch.finfo(torch.float64).tiny ** 0.5
+    a = torch.tensor([[tiny / 4, 0.0]], dtype=torch.float64)  # unit 1: z = tiny / 4; unit 2: z = tiny / 4
+    relevance = torch.tensor([[1.0, 2.0]], dtype=torch.float64)
+    result = _propagate(lrp.ZPlus(epsilon, unsupported="flat"), linear, a, relevance)
+    # flat: unit 1 spreads 1 by W+ (1:1), unit 2 spreads 2 by W+ (1:3)
+    torch.testing.assert_close(result, torch.tensor([[0.5 + 0.5, 0.5 + 1.5]], dtype=torch.float64))
+    assert float(result.sum()) == pytest.approx(3.0, rel=1e-12)

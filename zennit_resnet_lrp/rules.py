@@ -187,6 +187,8 @@ class PositiveProportional(RelevanceRule):
             else:
                 denominator = output.masked_fill(unsupported, float("inf"))
             scaled = relevance / denominator
+        if self.unsupported == FLAT and unsupported is not None:
+            scaled.masked_fill_(unsupported, 0)  # a unit with z <= tiny: its relevance goes the flat way alone
         result = maps[0][2](scaled).mul_(maps[0][0])
         for part, _, transpose in maps[1:]:
             result = result + part * transpose(scaled)
@@ -224,9 +226,11 @@ class ZPlus(PositiveProportional):
     """LRP z+ for convolutions and linear layers, as the paper uses it:
     ``R_i = a_i sum_k W+_ik R_k / (sum_i' a_i' W+_i'k + epsilon)``.
 
-    Unlike zennit's ``ZPlus``, biases are always ignored (the reference sets them to 0), the stabiliser is added,
-    not signed, and relevance at outputs no input supports can be spread flat (``unsupported``). Inputs are expected
-    to be non-negative (after a ReLU); signed inputs get the full z+, ``a+ W+ + a- W-``. See
+    Unlike zennit's ``ZPlus``, biases are always ignored, the stabiliser is added, not signed, and relevance at
+    outputs no input supports can be spread flat (``unsupported``). Signed inputs get the full z+,
+    ``a+ W+ + a- W-``. Two deviations from the reference implementation (docs/method.md, deviations): it zeroes the
+    biases of linear layers only and keeps those of convolutions (torchvision's ResNets have none), and it applies
+    ``a W+`` whatever the sign of ``a`` (its ResNets never give a convolution a signed input). See
     :py:class:`PositiveProportional` for the parameters.
     """
 
@@ -269,7 +273,9 @@ class PoolProportional(PositiveProportional):
 class MaxPoolAverageStandIn(PositiveProportional):
     """The reference implementation's max-pool rule: a 2x2, stride-2 average pool over the max-pool's input stands
     in for the max-pool in the relevance pass. Its windows differ from the max-pool's, so relevance is lost
-    wherever a 2x2 window is all zero: use it only to reproduce the reference exactly."""
+    wherever a 2x2 window is all zero: use it only to reproduce the reference. Deviation: the stand-in rounds its
+    output size up (``ceil_mode``), the reference's down; the same on even sizes (112 at 224x224 inputs), and odd
+    sizes, where the reference's stand-in would not fit the max-pool's output, work."""
 
     def maps(self, module, input):
         return [(input, *linearised(lambda x: F.avg_pool2d(x, kernel_size=2, stride=2, ceil_mode=True), input))]

@@ -20,3 +20,33 @@ def test_method_keeps_the_callers_gradients_and_state(name):
     assert model.training
     assert all(torch.equal(state[key], value) for key, value in model.state_dict().items())
     assert not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks for m in model.modules())
+
+
+CAPTUM = ["captum_lrp", "captum_lrp_positive", "captum_integrated_gradients", "captum_integrated_gradients_positive",
+          "captum_guided_backprop", "captum_guided_backprop_positive", "captum_gradient_x_input"]
+
+
+@pytest.mark.parametrize("model_name", ["resnet18", "demo-mnist"])
+def test_captum_methods_equal_captums_own_call(model_name):
+    """Each captum_* method is captum's own attribution with its defaults, image by image as the paper's evaluation
+    called it, per channel (clipped at 0 for the -positive forms)."""
+    captum = pytest.importorskip("captum.attr")
+    from helpers import make_inputs, make_model
+
+    if model_name == "resnet18":
+        model, inputs = make_model("resnet18"), make_inputs(2, 32)
+    else:
+        model = load_model("demo-mnist").model.double()
+        inputs = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    targets = torch.tensor([3, 7])
+    calls = {"lrp": captum.LRP, "integrated_gradients": captum.IntegratedGradients,
+             "guided_backprop": captum.GuidedBackprop, "gradient_x_input": captum.InputXGradient}
+    for name in CAPTUM:
+        kind = name[len("captum_"):].removesuffix("_positive")
+        ours = METHODS[name](model, inputs, targets)
+        expected = torch.cat([calls[kind](model).attribute(inputs[i:i + 1].clone().requires_grad_(),
+                                                           target=int(targets[i])).detach() for i in range(2)])
+        if name.endswith("_positive"):
+            expected = expected.clamp(min=0)
+        assert ours.shape == inputs.shape, name
+        torch.testing.assert_close(ours, expected, rtol=1e-10, atol=1e-10 * float(expected.abs().max()), msg=name)

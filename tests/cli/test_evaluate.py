@@ -138,7 +138,8 @@ def test_config_with_one_checkpoint_and_shipped_configs(tmp_path):
     result = evaluate("-c", config, "--methods", "random", "--points", 4, "-o", tmp_path / "out")
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "out" / "results.json").read_text())[0]["images"] == 2
-    for name in ("ImageNet_resnet50.json", "CUB_resnet50.json"):
+    for name in ("ImageNet_resnet50.json", "CUB_resnet50.json", "ImageNet_resnet50_reference.json",
+                 "CUB_resnet50_reference.json"):
         missing = evaluate("-c", ROOT / "configs" / name, "-o", tmp_path / name)
         assert missing.exit_code == 2, missing.output
         assert "no such dataset folder" in missing.output or "images.txt: missing" in missing.output
@@ -152,3 +153,83 @@ def test_every_image_failing_writes_nothing(tmp_path):
     assert result.exit_code == 1
     assert "broken.png: not a readable image" in result.output and "| method |" not in result.output
     assert not (tmp_path / "out").exists()
+
+
+def _table(folder):
+    return json.loads((folder / "results.json").read_text())
+
+
+def test_a_folder_belongs_to_one_configuration(tmp_path):
+    """A rerun into the same folder with other options is refused, naming what differs, and the old table is not
+    returned; with the same options it resumes and gives the same table."""
+    args = ["--methods", "random,gradient", "--limit", 3, "--points", 5, "-o", tmp_path]
+    first = evaluate(*args)
+    assert first.exit_code == 0, first.output
+    table = _table(tmp_path)
+    for changed, fragment in ((["--baseline", "blur"], 'metric.baseline "black" -> "blur"'),
+                              (["--heat-quantization"], "metric.heat_quantization null -> 8"),
+                              (["--explain", "label"], 'metric.explain "predicted" -> "label"'),
+                              (["--seed", 5], "seed 0 -> 5"),
+                              (["--weights", "random"], 'models'),
+                              (["--limit", 4], "dataset.limit 3 -> 4")):
+        refused = evaluate(*args, *changed)
+        assert refused.exit_code == 2, refused.output
+        assert "holds results of another configuration" in refused.output and fragment in refused.output
+        assert "| random |" not in refused.output  # the old table is not returned
+    again = evaluate(*args, "--methods", "random,gradient,flows_skip")  # more methods: the same configuration
+    assert again.exit_code == 0, again.output
+    assert _table(tmp_path)[:2] == table
+    assert json.loads((tmp_path / "run.json").read_text())["configuration"]["seed"] == 0
+
+
+def test_method_lists_are_checked(tmp_path):
+    for methods, fragment in (("", "give at least one method"), ("random,,gradient", "give at least one method"),
+                              ("random,random", "method(s) random given more than once")):
+        result = evaluate("--methods", methods, "-o", tmp_path / "out")
+        assert result.exit_code == 2 and fragment in result.output, result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_one_run_at_a_time_per_folder(tmp_path):
+    """A second run into a folder another run is writing to is refused at once; two runs started together leave
+    every (model, image, method) row once in the files."""
+    from zennit_resnet_lrp.evaluation.store import locked
+
+    with locked(tmp_path / "busy"):
+        refused = evaluate("--methods", "random", "--limit", 2, "-o", tmp_path / "busy")
+    assert refused.exit_code == 2 and "another evaluation is writing to" in refused.output
+    command = [sys.executable, "-m", "zennit_resnet_lrp.cli.main", "evaluate", "--methods", "random,gradient",
+               "--limit", "12", "--points", "5", "-o", str(tmp_path / "shared")]
+    runs = [subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)]
+    outcomes = [(run.wait(timeout=600), run.stderr.read()) for run in runs]
+    assert sorted(code for code, _ in outcomes) in ([0, 0], [0, 2]), outcomes
+    assert all(code == 0 or "another evaluation is writing" in err for code, err in outcomes)
+    lines = [json.loads(line) for path in (tmp_path / "shared").glob("scores*.jsonl")
+             for line in path.read_text().splitlines()]
+    keys = [(row["model"], row["image"], row["method"]) for row in lines]
+    assert len(keys) == len(set(keys)) == 12 * 2
+
+
+def test_resumed_equals_uninterrupted_for_every_method(tmp_path):
+    """Every method's random choices come from the run's seed and the image alone: a run interrupted after some rows
+    and resumed scores exactly as one run straight through (smoothgrad and random included)."""
+    args = ["--methods", "all", "--limit", 3, "--points", 5, "--images-per-step", 2]
+    whole = evaluate(*args, "-o", tmp_path / "whole")
+    assert whole.exit_code == 0, whole.output
+    cut = evaluate(*args, "-o", tmp_path / "cut")
+    assert cut.exit_code == 0, cut.output
+    path = tmp_path / "cut" / "scores.jsonl"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[::3]) + "\n")  # as if interrupted: two thirds of the rows are missing
+    resumed = evaluate(*args, "-o", tmp_path / "cut")
+    assert resumed.exit_code == 0, resumed.output
+    scores = {folder: {(r["image"], r["method"]): (r["insertion"], r["deletion"]) for r in read_rows(tmp_path / folder)}
+              for folder in ("whole", "cut")}
+    assert scores["whole"].keys() == scores["cut"].keys() and len(scores["whole"]) == 3 * len(METHODS)
+    different = [key for key in scores["whole"] if scores["whole"][key] != scores["cut"][key]]
+    assert not different
+    seeded = evaluate("--methods", "smoothgrad,random", "--limit", 3, "--points", 5, "--seed", 1, "-o", tmp_path / "s1")
+    assert seeded.exit_code == 0, seeded.output
+    other = {(r["image"], r["method"]): r["insertion"] for r in read_rows(tmp_path / "s1")}
+    assert any(other[key] != scores["whole"][key][0] for key in other if key[1] == "random")

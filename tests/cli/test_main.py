@@ -3,6 +3,7 @@ import inspect
 import json
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from zennit_resnet_lrp.application.demo import demo_images
 from zennit_resnet_lrp.application.models import load_model
 
 DIGITS = demo_images()
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(*args):
@@ -122,7 +124,7 @@ def test_check_table_and_exit_status(tmp_path):
     assert [line.split()[0] for line in lines[2:6]] == ["layer1.0", "layer2.0", "layer3.0", "layer4.0"]
     assert lines[-1].endswith("PASS")
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report["passed"] and len(report["blocks"]) == 4 and max(report["error"]) <= 1e-4
+    assert report["passed"] and len(report["blocks"]) == 4 and max(report["error"]) <= 1e-5
     with Image.open(tmp_path / "fig5.png") as image:
         assert image.size[0] > 100
     leaky = run("check", "--method", "flows_skip", "--json", "-")
@@ -186,7 +188,11 @@ def test_checkpoint_that_does_not_fit(tmp_path, checkpoint):
     pickled = tmp_path / "pickled.pt"
     torch.save({"model": torch.nn.Linear(2, 2)}, pickled)  # not weights-only loadable: never unpickled
     assert_one_line_error(run("explain", image, "--model", "resnet18", "--weights", pickled, "-o", output), 1,
-                          "not a readable weights-only checkpoint")
+                          "not a readable weights-only checkpoint", "save model.state_dict() instead")
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(checkpoint.read_bytes()[:5000])
+    assert_one_line_error(run("explain", image, "--model", "resnet18", "--weights", truncated, "-o", output), 1,
+                          "not a complete torch.save file (cut short?)")
     assert not output.exists()  # nothing was explained: no output folder left behind
 
 
@@ -296,3 +302,82 @@ def test_one_default_tolerance():
 def test_no_progress_lines_when_stderr_is_not_a_terminal(tmp_path):
     result = run("explain", *DIGITS[:3], "-o", tmp_path / "out")
     assert result.exit_code == 0 and "\r" not in result.output and "left" not in result.output
+
+
+class Cube(torch.nn.Module):
+    """A layer no rule covers: its gradient does not conserve relevance."""
+
+    def forward(self, x):
+        return x.pow(3)
+
+
+def _leaky_model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), Cube(),
+                               torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 10)).eval()
+
+
+def test_relevance_not_conserved_is_said_on_stderr_and_strict_fails(tmp_path, monkeypatch):
+    """On a model with a layer the method does not cover, explain says so in one line naming the layer type and how
+    many images, pointing to the coverage notes; --strict makes it exit 1; check names the module."""
+    from zennit_resnet_lrp.application import models
+
+    def leaky(spec, weights=None):
+        return models.LoadedModel(_leaky_model(), "leaky", models.Preprocessing(28, 28, (0.5,), (0.5,), 1))
+
+    monkeypatch.setattr(models.ModelSpec, "load", leaky)
+    result = run("explain", *DIGITS[:3], "-o", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    warning = [line for line in result.output.splitlines() if line.startswith("warning: flows_skip_conservative")]
+    assert len(warning) == 1 and "on 3 of 3 image(s)" in warning[0] and "Cube" in warning[0], result.output
+    assert "docs/coverage.md" in warning[0]
+    strict = run("explain", *DIGITS[:3], "-o", tmp_path / "strict", "--strict")
+    assert_one_line_error(strict, 1, "relevance was not conserved (--strict)")
+    assert len(list((tmp_path / "strict").glob("*_heatmap.png"))) == 3  # the files are written all the same
+    checked = run("check", "--json", tmp_path / "report.json")
+    assert checked.exit_code == 1
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert {change["class"] for change in report["changes"]} == {"Cube"}
+    assert "relevance changes in '2' (Cube" in checked.output
+
+
+def test_demo_model_warns_on_photos(tmp_path):
+    result = run("explain", ROOT / "examples" / "chelsea.png", "-o", tmp_path)
+    assert result.exit_code == 0, result.output
+    assert "warning: 1 of 1 image(s) are in colour or larger than 56 pixels: demo-mnist was trained on 28x28 " \
+           "digits; pass --model" in result.output
+    assert "warning" not in run("explain", *DIGITS[:2], "-o", tmp_path / "digits").output
+
+
+def test_random_weights_are_seeded(tmp_path):
+    """Two runs with --weights random give identical files; another --seed other weights."""
+    args = ["explain", ROOT / "examples" / "chelsea.png", "--model", "resnet18", "--weights", "random", "--crop", 32,
+            "--resize", 32, "--save-relevance"]
+    for folder, seed in (("a", 0), ("b", 0), ("c", 7)):
+        assert run(*args, "-o", tmp_path / folder, "--seed", seed).exit_code == 0
+    files = sorted(path.name for path in (tmp_path / "a").iterdir())
+    assert files == sorted(path.name for path in (tmp_path / "b").iterdir())
+    for name in files:
+        if not name.startswith("summary"):  # the summaries name their folder
+            assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    rows = [[{key: value for key, value in row.items() if key not in ("heatmap", "relevance")}
+             for row in json.loads((tmp_path / folder / "summary.json").read_text())] for folder in ("a", "b")]
+    assert rows[0] == rows[1]
+    a, c = (np.load(next((tmp_path / folder).glob("*_relevance.npy"))) for folder in ("a", "c"))
+    assert a.shape != c.shape or not np.array_equal(a, c)
+
+
+def test_methods_side_by_side_and_labelled_overview(tmp_path):
+    result = run("explain", *DIGITS[:3], "--methods", "flows_skip_conservative,gradient,random", "-o", tmp_path)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [row["method"] for row in summary] == [name for name in ("flows_skip_conservative", "gradient", "random")
+                                                  for _ in range(3)]  # a batch: each method over its images
+    assert all(row["relevance_sum"] is None for row in summary if row["method"] != "flows_skip_conservative")
+    for path in DIGITS[:3]:
+        assert len(list(tmp_path.glob(f"{path.stem}_*_heatmap.png"))) == 3
+    with Image.open(tmp_path / "comparison.png") as grid, Image.open(tmp_path / "overview.png") as sheet:
+        assert grid.size[0] == 4 * (128 + 4) and grid.size[1] > 3 * 128  # images by methods, with captions
+        assert sheet.size[1] > 112  # pairs with their captions below
+    assert_one_line_error(run("explain", "--methods", "random", "--method", "flows_skip"), 2,
+                          "give --method or --methods, not both")

@@ -120,7 +120,7 @@ def hatch(image: Image.Image, mask: torch.Tensor, shade: int = 160, spacing: int
     outside = ~mask.cpu().numpy()
     rows, columns = np.indices(outside.shape)
     stripe = (rows + columns) % spacing < 2
-    array[outside] = (array[outside] * 0.35 + 0.65 * shade).astype(np.uint8)
+    array[outside] = (array[outside] * 0.5 + 0.5 * shade).astype(np.uint8)
     array[outside & stripe] = shade // 2
     return Image.fromarray(array, mode="RGB")
 
