@@ -6,7 +6,7 @@ writes heatmaps, ``zennit_resnet_lrp.evaluation`` measures faithfulness, ``zenni
 line. Each layer imports only the ones before it.
 """
 from .attribution import AttributionError, START_WITH, attribute, check_conservation, locate_violation
-from .canonizers import MergeBatchNorm, ResidualCanonizer, ResidualTracingWarning, residual_blocks
+from .canonizers import MergeBatchNorm, ResidualCanonizer, ResidualTracingWarning, batchnorm_pairs, residual_blocks
 from .composites import (
     DEFAULT_METHOD, IMAGENET_MEAN, IMAGENET_STD, OUR_COMPOSITES, PAPER_VARIANTS, EpsilonAlpha2Beta1Split,
     EpsilonGammaBoxSplit, EpsilonPlusFlatSplit, FlowsSkip, FlowsSkipConservative, FlowsSkipSimple, Latest,

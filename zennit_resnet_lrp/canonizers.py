@@ -10,14 +10,45 @@ from typing import Callable
 import torch
 from torchvision.models.resnet import BasicBlock, Bottleneck
 from zennit.canonizers import Canonizer
-from zennit.core import collect_leaves
 from zennit.types import BatchNorm, Linear
 
 from .layer import ResidualSum
 from .snapshot import ModelSnapshot
-from .tracing import TraceCache, TraceFailure, may_add_or_gate, traceable
+from .tracing import TraceCache, TraceFailure, may_add_or_gate, trace, traceable, whole_layers
 
 SUM_NAME = "residual_sum"
+
+
+def batchnorm_pairs(model: torch.nn.Module) -> list[tuple[torch.nn.Module, torch.nn.Module]]:
+    """``(linear, batch norm)`` for every batch norm (with running statistics) whose input is a linear layer's output
+    and nothing else uses that output: consecutive children of an ``nn.Sequential``, or a child feeding a child in a
+    module's own traced forward. Not module order: in a pre-activation block the batch norm that follows a
+    convolution in module order normalises the block's input, a sum, and merging it would change the model."""
+    pairs, taken = [], set()
+    for module in model.modules():
+        for linear, batch_norm in _feeding_pairs(module):
+            if isinstance(linear, Linear) and isinstance(batch_norm, BatchNorm) \
+                    and batch_norm.running_mean is not None and not {id(linear), id(batch_norm)} & taken:
+                pairs.append((linear, batch_norm))
+                taken |= {id(linear), id(batch_norm)}
+    return pairs
+
+
+def _feeding_pairs(module: torch.nn.Module) -> list[tuple[torch.nn.Module, torch.nn.Module]]:
+    """Children of ``module`` whose output is the next one's input alone."""
+    if type(module).forward is torch.nn.Sequential.forward:
+        children = list(module.children())
+        return list(zip(children, children[1:]))
+    if not any(True for _ in module.children()) or not traceable(module):
+        return []
+    try:
+        graph = trace(module)
+    except TraceFailure:
+        return []  # not merged: the batch norm keeps its own rule
+    return [(module.get_submodule(node.args[0].target), module.get_submodule(node.target))
+            for node in graph.nodes
+            if node.op == "call_module" and node.args and isinstance(node.args[0], torch.fx.Node)
+            and node.args[0].op == "call_module" and len(node.args[0].users) == 1]
 
 
 class ResidualTracingWarning(UserWarning):
@@ -98,33 +129,38 @@ class ResidualCanonizer(Canonizer):
     def apply(self, root_module: torch.nn.Module) -> list[Canonizer]:
         instances: list[Canonizer] = []
         self.untraced = []
+        whole = whole_layers()
         for name, module in list(root_module.named_modules()):
-            forward = _block_forward(module) if self.direct else None
-            if forward is not None:
+            if self.direct and _block_forward(module) is not None:
                 instance = self.copy()
                 instance.register(module)
                 instances.append(instance)
-                continue
-            if not self.trace or not traceable(module) or "forward" in module.__dict__:
-                continue  # an instance forward is someone else's rewrite: leave it
-            try:
-                routed = self.cache.rewrite(module)
-            except TraceFailure as failure:
-                if may_add_or_gate(module):
-                    self.untraced.append((name, type(module).__name__, str(failure)))
-                    warnings.warn(
-                        f"could not trace '{name}' ({type(module).__name__}: {failure}); residual additions in it are "
-                        "not split: route them by hand with zennit_resnet_lrp.ResidualSum().add(residual, skip)",
-                        ResidualTracingWarning, stacklevel=2,
-                    )
-                continue
-            if routed is not None:
-                instance = self.copy()
-                instance.module, instance.added = module, routed.install(module)
-                instances.append(instance)
+            elif self.trace and traceable(module, whole) and "forward" not in module.__dict__:
+                # (an instance forward is someone else's rewrite: left alone)
+                instances += self._rewritten(name, module)
         if self.merge_batchnorm:
             instances += MergeBatchNorm().apply(root_module)
         return instances
+
+    def _rewritten(self, name: str, module: torch.nn.Module) -> list[Canonizer]:
+        """``module`` with its additions, gates and functional operations routed (one instance to undo it), or as it
+        was, with a warning naming it, where its forward cannot be traced or rewritten."""
+        try:
+            routed = self.cache.rewrite(module)
+            if routed is None:
+                return []
+            instance = self.copy()
+            instance.module, instance.added = module, routed.install(module)
+            return [instance]
+        except TraceFailure as failure:
+            if may_add_or_gate(module):
+                self.untraced.append((name, type(module).__name__, str(failure)))
+                warnings.warn(
+                    f"could not trace '{name}' ({type(module).__name__}: {failure}); residual additions in it are "
+                    "not split: route them by hand with zennit_resnet_lrp.ResidualSum().add(residual, skip)",
+                    ResidualTracingWarning, stacklevel=3,
+                )
+            return []
 
     def register(self, module: torch.nn.Module) -> None:
         """Give a torchvision block a :py:class:`ResidualSum` child and a forward that uses it."""
@@ -147,7 +183,7 @@ class ResidualCanonizer(Canonizer):
 
 
 class MergeBatchNorm(Canonizer):
-    """Merge each batch norm into the linear layer that directly precedes it (in module order).
+    """Merge each batch norm into the linear layer that feeds it directly in the data flow (:py:func:`batchnorm_pairs`).
 
     Unlike zennit's merge, this never writes into the model's tensors: it puts new parameter objects in place and
     ``remove()`` puts the original objects back, so the model's ``state_dict()`` is bit-identical afterwards.
@@ -158,13 +194,10 @@ class MergeBatchNorm(Canonizer):
 
     def apply(self, root_module: torch.nn.Module) -> list[Canonizer]:
         instances: list[Canonizer] = []
-        last = None
-        for leaf in collect_leaves(root_module):
-            if isinstance(last, Linear) and isinstance(leaf, BatchNorm) and leaf.running_mean is not None:
-                instance = MergeBatchNorm()
-                instance.register(last, leaf)
-                instances.append(instance)
-            last = leaf
+        for linear, batch_norm in batchnorm_pairs(root_module):
+            instance = MergeBatchNorm()
+            instance.register(linear, batch_norm)
+            instances.append(instance)
         return instances
 
     @torch.no_grad()

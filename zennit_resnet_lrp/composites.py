@@ -14,15 +14,16 @@ from zennit.composites import (
 from zennit.core import Composite, Hook
 from zennit.layer import Sum
 from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetBottleneckCanonizer, ResNetCanonizer
-from zennit.types import Activation, BatchNorm
+from zennit.types import BatchNorm
 
 from .canonizers import ResidualCanonizer
-from .tracing import TraceCache
-from .layer import FunctionalPool, GatedProduct, ResidualSum
+from .layer import FunctionalPool, GatedProduct, Product, ResidualSum, Scale
 from .rules import (
     DROP, FLAT, FlatInputZPlus, GateAsWeight, MaxPoolAverageStandIn, MaxPoolProportional, MaxPoolWinnerTakesAll,
-    PassThrough, PoolProportional, RelevanceSplit, ZPlus,
+    PassThrough, PoolProportional, RelevanceSplit, UniformSplit, ZPlus,
 )
+from .tracing import TraceCache
+from .types import activation_types, normalization_types
 from .snapshot import ModelSnapshot
 
 LayerMap = Sequence[tuple[tuple[type, ...] | type, Hook]]
@@ -30,6 +31,7 @@ LayerMap = Sequence[tuple[tuple[type, ...] | type, Hook]]
 CONVOLUTION = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
 AVERAGE_POOL = (torch.nn.AdaptiveAvgPool1d, torch.nn.AdaptiveAvgPool2d, torch.nn.AdaptiveAvgPool3d,
                 torch.nn.AvgPool1d, torch.nn.AvgPool2d, torch.nn.AvgPool3d, FunctionalPool)
+FIRST_RULES = {"flat": FlatInputZPlus, "zplus": ZPlus}
 MAXPOOL_RULES = {
     "average_stand_in": MaxPoolAverageStandIn,
     "proportional": MaxPoolProportional,
@@ -108,6 +110,19 @@ class ResidualComposite:
             self._snapshot = None
 
 
+def explicit_module_rules(fast: bool = True) -> LayerMap:
+    """The rules of the modules canonizers route operations through (gates, products, scales) and of the layers that
+    pass relevance as they are (batch norms and other normalisation layers, activations): the same in every
+    composite here, ours and zennit's given by name."""
+    return [
+        (GatedProduct, GateAsWeight(fast=fast)),
+        (Product, UniformSplit(fast=fast)),
+        (Scale, PassThrough(fast=fast)),
+        ((BatchNorm, *normalization_types()), PassThrough(fast=fast)),
+        (activation_types(), PassThrough(fast=fast)),
+    ]
+
+
 class ResNetLRP(ResidualComposite, SpecialFirstLayerMapComposite):
     """The paper's rules as a table: z+ on convolutions and linear layers, batch norm and activations pass,
     proportional average pooling, flat-input z+ on the first convolution, Relevance Splitting at the sums.
@@ -126,8 +141,9 @@ class ResNetLRP(ResidualComposite, SpecialFirstLayerMapComposite):
         Max-pool rule: the reference's 2x2 average stand-in (leaks), or a conservative one.
     unsupported : {"drop", "flat"}
         Relevance arriving at units whose positive pre-activation is 0: lost (reference) or spread flat.
-    first_rule : Hook, optional
-        Rule of the first convolution; :py:class:`FlatInputZPlus` by default.
+    first_rule : {"flat", "zplus"} or Hook, optional
+        Rule of the first convolution: the paper's :py:class:`FlatInputZPlus` (``flat``: the pixels' values ignored),
+        :py:class:`ZPlus` on the pixels (``zplus``), or a rule of your own.
     layer_map, first_map : list of (types, Hook), optional
         Entries put in front of this composite's own tables, as in zennit.
     canonizers : list of Canonizer, optional
@@ -146,6 +162,7 @@ class ResNetLRP(ResidualComposite, SpecialFirstLayerMapComposite):
     epsilon = 1e-5
     maxpool = "average_stand_in"
     unsupported = DROP
+    first_rule = "flat"
 
     def __init__(
         self,
@@ -154,7 +171,7 @@ class ResNetLRP(ResidualComposite, SpecialFirstLayerMapComposite):
         epsilon: float | None = None,
         maxpool: str | Hook | None = None,
         unsupported: str | None = None,
-        first_rule: Hook | None = None,
+        first_rule: str | Hook | None = None,
         layer_map: LayerMap | None = None,
         first_map: LayerMap | None = None,
         canonizers: Sequence[Canonizer] | None = None,
@@ -174,15 +191,18 @@ class ResNetLRP(ResidualComposite, SpecialFirstLayerMapComposite):
                              and isinstance(maxpool_rule, (MaxPoolProportional, MaxPoolWinnerTakesAll)))
         layer_map = list(layer_map or []) + [
             (ResidualSum, RelevanceSplit(self.split, self.split_identity, fast=fast)),
-            (GatedProduct, GateAsWeight(fast=fast)),
+            *explicit_module_rules(fast),
             (CONVOLUTION, ZPlus(**rule_args)),
             (torch.nn.Linear, ZPlus(**rule_args)),
-            (BatchNorm, PassThrough(fast=fast)),
-            (Activation, PassThrough(fast=fast)),
             (AVERAGE_POOL, PoolProportional(**rule_args)),
             (torch.nn.MaxPool2d, maxpool_rule),
         ]
-        first_map = list(first_map or []) + [(CONVOLUTION, first_rule or FlatInputZPlus(**rule_args))]
+        first = first_rule if first_rule is not None else self.first_rule
+        if isinstance(first, str):
+            if first not in FIRST_RULES:
+                raise ValueError(f"unknown first-layer rule {first!r}; choose one of {', '.join(FIRST_RULES)}")
+            first = FIRST_RULES[first](**rule_args)
+        first_map = list(first_map or []) + [(CONVOLUTION, first)]
         super().__init__(layer_map=layer_map, first_map=first_map, canonizers=self._with_residual_canonizer(canonizers))
 
     @staticmethod
@@ -226,11 +246,12 @@ class Simple(ResNetLRP):
 
 @register_composite("flows_skip_conservative")
 class FlowsSkipConservative(FlowsSkip):
-    """The recommended default: ``flows_skip`` made exactly conservative. Exact division (``epsilon=0``), the max-pool
-    split over its real windows, and relevance reaching units with zero positive pre-activation spread flat,
-    so the input relevance sums to the relevance put in at the output."""
+    """The recommended default: ``flows_skip`` made exactly conservative, on every architecture the canonizer
+    covers. Exact division (``epsilon=0``), the max-pool split over its real windows, relevance reaching units with
+    zero positive pre-activation spread flat, so the input relevance sums to the relevance put in at the output; and
+    z+ on the pixels at the first layer instead of the paper's flat rule, which ignores them (docs/method.md)."""
 
-    epsilon, maxpool, unsupported = 0.0, "proportional", FLAT
+    epsilon, maxpool, unsupported, first_rule = 0.0, "proportional", FLAT, "zplus"
 
 
 class SplitCounterpart(ResidualComposite):
@@ -242,7 +263,7 @@ class SplitCounterpart(ResidualComposite):
 
     def __init__(self, split: str = "ratio", split_identity: bool = True, layer_map: LayerMap | None = None,
                  canonizers: Sequence[Canonizer] | None = None, **kwargs) -> None:
-        layer_map = [(ResidualSum, RelevanceSplit(split, split_identity)), (GatedProduct, GateAsWeight())] \
+        layer_map = [(ResidualSum, RelevanceSplit(split, split_identity)), *explicit_module_rules()[:3]] \
             + list(layer_map or [])
         super().__init__(layer_map=layer_map, canonizers=self._with_residual_canonizer(canonizers), **kwargs)
 
@@ -316,8 +337,10 @@ def make_composite(method: str | Composite = DEFAULT_METHOD, bounds: tuple | Non
     if issubclass(cls, ResidualComposite):
         return cls(canonizers=[ResidualCanonizer(merge_batchnorm=cls.merge_batchnorm, cache=cache)], **kwargs)
     composite = cls(canonizers=[ResidualCanonizer(merge_batchnorm=True, cache=cache)], **kwargs)
+    # the modules our canonizer adds get our rules (gates, products and scales as in ours); and zennit's Norm for its
+    # stacked Sum, in the form our sums take (their operands separate), where the composite has it
+    composite.layer_map[:0] = explicit_module_rules()[:3]
     if any(_maps(types, Sum) for types, _ in composite.layer_map):
-        # zennit's Norm for its stacked Sum, in the form our sums take (their operands separate)
         composite.layer_map.insert(0, (ResidualSum, RelevanceSplit("signed")))
     return composite
 

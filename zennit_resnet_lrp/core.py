@@ -74,6 +74,7 @@ class RelevanceRule(Hook):
         result = self.relevance(module, kept, relevance)
         if not isinstance(result, tuple):
             result = (result,)
+        result = result + (None,) * (len(shapes) - len(result))  # inputs the rule does not name get none
         fitted = []
         for value, shape in zip(result, shapes):
             if shape is None:

@@ -60,6 +60,66 @@ class GatedProduct(torch.nn.Module):
         return features * gate
 
 
+class Product(torch.nn.Module):
+    """A product of two tensors that both depend on the input, neither a gate: ``a * b`` (StarNet's
+    ``act(f1(x)) * f2(x)``, gated linear units with other activations, FocalNet's modulation). Canonizers route such
+    products through this module so that a rule (:py:class:`~zennit_resnet_lrp.rules.UniformSplit`) can give each
+    factor its share, where the product's gradient would hand the full relevance to both."""
+
+    def forward(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+        return first * second
+
+
+class Scale(torch.nn.Module):
+    """An input-dependent tensor times (or divided by) a factor that does not depend on the input: a parameter (layer
+    scale, ``x * self.gamma``), a buffer or a number (scaled residual branches, ``x * 0.17``). An elementwise linear
+    map: its rule passes relevance to the scaled tensor unchanged, where the gradient would scale it by the factor.
+
+    Parameters
+    ----------
+    divide : bool
+        ``x / factor`` instead of ``x * factor``.
+    """
+
+    def __init__(self, divide: bool = False) -> None:
+        super().__init__()
+        self.divide = divide
+
+    def forward(self, input: torch.Tensor, factor) -> torch.Tensor:  # noqa: A002 - the module's input
+        return input / factor if self.divide else input * factor
+
+    def extra_repr(self) -> str:
+        return "divide=True" if self.divide else ""
+
+
+class FunctionalNorm(torch.nn.Module):
+    """A normalisation written as a function call in a model's forward (``F.layer_norm``, ``F.group_norm``,
+    ``F.rms_norm``, ``F.batch_norm``), made a module so that composites give it the rule of normalisation layers.
+
+    Parameters
+    ----------
+    function : callable
+        Called as ``function(input, *arguments)``, where the arguments are ``template`` with each None filled, in
+        order, by a tensor the module is called with (the norm's weight and bias).
+    template : tuple
+        The further arguments, None where a tensor goes.
+    kwargs : dict, optional
+        Keyword arguments (constants).
+    """
+
+    def __init__(self, function, template: tuple = (), kwargs: dict | None = None) -> None:
+        super().__init__()
+        self.function, self.template, self.kwargs = function, tuple(template), dict(kwargs or {})
+
+    def forward(self, input: torch.Tensor, *tensors: torch.Tensor) -> torch.Tensor:  # noqa: A002 - the input
+        filled = iter(tensors)
+        arguments = [next(filled) if item is None else item for item in self.template]
+        return self.function(input, *arguments, **self.kwargs)
+
+    def extra_repr(self) -> str:
+        return getattr(self.function, "__name__", repr(self.function))
+
+
 class InputSize:
     """An argument of a functional operation read off its input at call time: ``input.shape[dim]`` (as in
     ``F.avg_pool2d(x, x.size(3))``)."""

@@ -42,6 +42,19 @@ class GateAsWeight(RelevanceRule):
         return relevance, None
 
 
+class UniformSplit(RelevanceRule):
+    """For a :py:class:`~zennit_resnet_lrp.layer.Product` of input-dependent factors: each of the ``n`` factors gets
+    ``R / n`` (the last what the others leave, so the parts add up to ``R`` exactly). For ``a * b`` this is the
+    Shapley value of the product with respect to the zero baseline (each factor is worth ``ab / 2``), the uniform rule
+    of AttnLRP (Achtibat et al. 2024); the gradient would hand the full relevance to both."""
+
+    keeps = ()
+
+    def relevance(self, module, inputs, relevance):
+        part = relevance / len(inputs)
+        return (*(part,) * (len(inputs) - 1), relevance - part * (len(inputs) - 1))
+
+
 class RelevanceSplit(RelevanceRule):
     """Relevance Splitting at a :py:class:`ResidualSum` of operands ``h_i``: operand ``i`` gets ``rho_i R`` with
     ``sum_i rho_i = 1``, so the operands' relevance adds up to ``R`` element-wise. For a residual block's two

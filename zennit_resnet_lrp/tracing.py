@@ -29,13 +29,16 @@ import torch
 import torch.fx
 import torch.nn.functional as F
 
-from .layer import FunctionalPool, GatedProduct, InputSize, ResidualSum
+from .layer import FunctionalNorm, FunctionalPool, GatedProduct, InputSize, Product, ResidualSum, Scale
+from .types import activation_types, normalization_types
 
 Node = torch.fx.Node
 
-# binary operations by function or method -> "add" or "mul"
-_BINARY = {operator.add: "add", operator.iadd: "add", torch.add: "add", "add": "add",
-           operator.mul: "mul", operator.imul: "mul", torch.mul: "mul", "mul": "mul"}
+# binary operations by function or method -> kind
+_BINARY = {operator.add: "add", operator.iadd: "add", torch.add: "add", "add": "add", "add_": "add",
+           operator.sub: "sub", operator.isub: "sub", torch.sub: "sub", "sub": "sub", "sub_": "sub",
+           operator.mul: "mul", operator.imul: "mul", torch.mul: "mul", "mul": "mul", "mul_": "mul",
+           operator.truediv: "div", operator.itruediv: "div", torch.div: "div", "div": "div", "div_": "div"}
 # operations that only move or reshape values: looked through when deciding whether a factor is a gate
 _SHAPE_METHODS = {"view", "reshape", "expand", "expand_as", "unsqueeze", "squeeze", "flatten", "permute",
                   "contiguous", "transpose", "view_as", "reshape_as", "to", "type_as"}
@@ -43,13 +46,18 @@ _SHAPE_FUNCTIONS = {torch.flatten, torch.reshape, torch.unsqueeze, torch.squeeze
 _GATE_FUNCTIONS = {torch.sigmoid, F.sigmoid, F.hardsigmoid, torch.softmax, F.softmax}
 _GATE_METHODS = {"sigmoid", "sigmoid_", "softmax"}
 _GATE_MODULES = (torch.nn.Sigmoid, torch.nn.Hardsigmoid, torch.nn.Softmax)
-# functional activation -> the module that computes the same
+# functional activation -> the module that computes the same (built with the call's further arguments)
 _ACTIVATION_FUNCTIONS = {F.relu: torch.nn.ReLU, torch.relu: torch.nn.ReLU, F.relu_: torch.nn.ReLU,
                          torch.relu_: torch.nn.ReLU, F.relu6: torch.nn.ReLU6, F.silu: torch.nn.SiLU,
-                         F.hardswish: torch.nn.Hardswish, F.gelu: torch.nn.GELU}
-_ACTIVATION_METHODS = {"relu": torch.nn.ReLU, "relu_": torch.nn.ReLU}
+                         F.hardswish: torch.nn.Hardswish, F.gelu: torch.nn.GELU, F.leaky_relu: torch.nn.LeakyReLU,
+                         F.elu: torch.nn.ELU, F.selu: torch.nn.SELU, F.celu: torch.nn.CELU, F.mish: torch.nn.Mish,
+                         F.softplus: torch.nn.Softplus, F.hardtanh: torch.nn.Hardtanh, torch.tanh: torch.nn.Tanh,
+                         F.tanh: torch.nn.Tanh}
+_ACTIVATION_METHODS = {"relu": torch.nn.ReLU, "relu_": torch.nn.ReLU, "tanh": torch.nn.Tanh}
 _POOL_FUNCTIONS = {F.adaptive_avg_pool2d, F.adaptive_avg_pool1d, F.avg_pool2d, F.avg_pool1d, torch.mean}
 _POOL_METHODS = {"mean": torch.mean}
+_NORM_FUNCTIONS = {F.layer_norm, F.group_norm, F.batch_norm, F.instance_norm, F.local_response_norm, F.normalize,
+                   *((F.rms_norm,) if hasattr(F, "rms_norm") else ())}
 
 
 class TraceFailure(Exception):
@@ -73,20 +81,31 @@ class Rewrite:
     children: dict[str, Callable[[], torch.nn.Module]] = field(default_factory=dict)
 
     def install(self, module: torch.nn.Module) -> list[str]:
-        """Give ``module`` the new children and the new forward; return the children's names (to remove later)."""
-        for name, make in self.children.items():
-            module.add_module(name, make())
+        """Give ``module`` the new children and the new forward; return the children's names (to remove later). Raises
+        :py:class:`TraceFailure`, the module left as it was, where a child cannot be added."""
+        added = []
+        try:
+            for name, make in self.children.items():
+                module.add_module(name, make())
+                added.append(name)
+        except Exception as error:  # a name the module's own __setattr__ or add_module refuses
+            for name in added:
+                module._modules.pop(name, None)
+            raise TraceFailure(f"could not add {name!r}: {type(error).__name__}: {error}") from None
         module.__dict__["forward"] = types.MethodType(self.forward, module)
-        return list(self.children)
+        return added
 
 
 class Route(NamedTuple):
     """How one operation is routed: through a new child named after ``base``, made by ``make``, called on
-    ``operands`` (nodes of the graph)."""
+    ``operands`` (nodes of the graph or constants); for a sum, the operands' ``signs`` and the earlier sums it
+    takes the place of (``merged``)."""
 
     base: str
     make: Callable[[], torch.nn.Module]
     operands: tuple
+    signs: tuple = ()
+    merged: tuple = ()
 
 
 class _OwnForwardTracer(torch.fx.Tracer):
@@ -96,12 +115,19 @@ class _OwnForwardTracer(torch.fx.Tracer):
         return True
 
 
-def traceable(module: torch.nn.Module) -> bool:
+def whole_layers() -> tuple[type, ...]:
+    """The layers the composites give a rule as a whole, so that tracing their forward is no use: batch norms and
+    other normalisation layers, activations (timm's included)."""
+    return (torch.nn.modules.batchnorm._BatchNorm, *normalization_types(), *activation_types())
+
+
+def traceable(module: torch.nn.Module, whole: tuple[type, ...] = ()) -> bool:
     """Whether ``module``'s forward is worth tracing: its own code, not torch's or zennit's (whose modules neither add
-    branches nor multiply by gates), and not one of the explicit modules this package routes things through."""
+    branches nor multiply by gates), not one of the explicit modules this package routes things through, and not
+    of the types ``whole`` (:py:func:`whole_layers`)."""
     forward = type(module).forward
     origin = getattr(forward, "__module__", "") or ""
-    return not origin.startswith(("torch.", "zennit.", __package__ + ".layer"))
+    return not origin.startswith(("torch.", "zennit.", __package__ + ".layer")) and not isinstance(module, whole)
 
 
 def may_add_or_gate(module: torch.nn.Module) -> bool:
@@ -207,20 +233,28 @@ class Analysis:
                           if any(a.op == "placeholder" for a in self.ancestors[node])}
         self.sizes = {name: _size(child) for name, child in module.named_modules() if name}
         self.identities = {name for name, child in module.named_modules() if name and _is_identity(child)}
+        self.sums: dict[Node, tuple[str, tuple, tuple]] = {}  # routed sum -> (child name, operands, signs)
 
     def passes_through(self, node: Node) -> bool:
         """Whether ``node`` calls a child that is the identity."""
         return node.op == "call_module" and node.target in self.identities
 
-    def cost(self, node: Node, branch: Node) -> int:
-        """The computation between ``branch`` and ``node``: leaf modules (identities free) and operations."""
+    def cost(self, node: Node, branch: Node | None) -> int:
+        """The computation between ``branch`` (None: the module's inputs) and ``node``: leaf modules (identities free)
+        and operations."""
         weight = 0
-        for item in self.ancestors[node] - self.ancestors[branch]:
+        for item in self.ancestors[node] - (self.ancestors[branch] if branch is not None else frozenset()):
             if item.op == "call_module" and not self.passes_through(item):
                 weight += self.sizes.get(item.target, 1)
             elif item.op in ("call_function", "call_method"):
                 weight += 1
         return weight
+
+    def plain(self, node: Node) -> Node:
+        """``node`` with calls of identity children looked through."""
+        while self.passes_through(node) and isinstance(node.args[0], Node):
+            node = node.args[0]
+        return node
 
     def replace(self, node: Node, routed: Node) -> None:
         """``routed`` stands in for ``node`` in every later decision."""
@@ -247,13 +281,21 @@ class _ChildNames:
 
 
 def _insert(graph: torch.fx.Graph, node: Node, route: Route, names: _ChildNames, analysis: Analysis) -> None:
-    """Call a new child instead of ``node``."""
+    """Call a new child instead of ``node``; a sum whose operands include earlier sums used by it alone takes their
+    place (one sum of all the operands)."""
+    for merged in route.merged:
+        name, _, _ = analysis.sums.pop(merged)
+        names.made.pop(name)
     name = names.new(route.base, route.make)
     with graph.inserting_before(node):
         routed = graph.call_module(name, route.operands)
     analysis.replace(node, routed)
     node.replace_all_uses_with(routed)
     graph.erase_node(node)
+    for merged in route.merged:
+        graph.erase_node(merged)
+    if route.base == "residual_sum":
+        analysis.sums[routed] = (name, route.operands, route.signs)
 
 
 def _compile(graph: torch.fx.Graph, module: torch.nn.Module) -> Callable:
@@ -266,10 +308,10 @@ def _compile(graph: torch.fx.Graph, module: torch.nn.Module) -> Callable:
 
 
 def _binary(node: Node) -> tuple[str | None, tuple]:
-    """``("add" or "mul", (a, b))`` for an addition or product of two tensors (no ``alpha``, no ``out``), else
-    ``(None, ())``."""
+    """``(kind, (a, b))`` for an addition, subtraction, product or quotient of two operands (tensors or numbers; no
+    ``alpha``, no ``out``, no rounding mode), else ``(None, ())``."""
     if node.op not in ("call_function", "call_method") or node.kwargs or len(node.args) != 2 \
-            or not all(isinstance(operand, Node) for operand in node.args):
+            or not any(isinstance(operand, Node) for operand in node.args):
         return None, ()
     try:
         return _BINARY.get(node.target), node.args
@@ -278,48 +320,93 @@ def _binary(node: Node) -> tuple[str | None, tuple]:
 
 
 def _route_sum(node: Node, analysis: Analysis) -> Route | None:
-    """An addition of two input-dependent tensors with a common branch point: a residual sum, the skip being the
-    operand reached from the branch point through less computation."""
-    kind, operands = _binary(node)
-    if kind != "add" or not all(o in analysis.dependent for o in operands):
+    """A sum or difference of input-dependent tensors, merged with the sums among its operands that feed it alone:
+    a residual sum whose skip is the operand reached from the branch point (the latest node all operands come from;
+    the module's inputs when they come from different ones, as a shortcut passed in as an argument) through the
+    least computation, an identity skip when it is the branch point (or an input) itself."""
+    kind, pair = _binary(node)
+    if kind not in ("add", "sub") or not all(isinstance(o, Node) and o in analysis.dependent for o in pair):
         return None
-    common = analysis.ancestors[operands[0]] & analysis.ancestors[operands[1]]
-    if not common:
-        return None
-    branch = max(common, key=analysis.order.__getitem__)
-    first, second = operands
-    skip, residual = (first, second) if analysis.cost(first, branch) < analysis.cost(second, branch) \
-        else (second, first)
-    plain = skip
-    while analysis.passes_through(plain) and isinstance(plain.args[0], Node):
-        plain = plain.args[0]
-    identity = plain is branch
-    return Route("residual_sum", lambda: ResidualSum(identity_skip=identity), (residual, skip))
+    operands, signs, merged = [], [], []
+    for operand, sign in zip(pair, (1, 1 if kind == "add" else -1)):
+        inner = analysis.sums.get(operand)
+        if inner is not None and len(operand.users) == 1:
+            operands += inner[1]
+            signs += [sign * s for s in inner[2]]
+            merged.append(operand)
+        else:
+            operands.append(operand)
+            signs.append(sign)
+    common = frozenset.intersection(*(analysis.ancestors[o] for o in operands))
+    branch = max(common, key=analysis.order.__getitem__) if common else None
+    skip = min(range(len(operands)), key=lambda i: analysis.cost(operands[i], branch))
+    plain = analysis.plain(operands[skip])
+    identity = plain is branch if branch is not None else plain.op == "placeholder"
+    signs = tuple(signs)
+    return Route("residual_sum", lambda: ResidualSum(identity_skip=identity, skip=skip, signs=signs),
+                 tuple(operands), signs, tuple(merged))
 
 
 def _route_product(node: Node, analysis: Analysis) -> Route | None:
-    """A product of two input-dependent tensors, exactly one of them a gate: features times gate."""
+    """A product or quotient with an input-dependent tensor: times a gate (a sigmoid-like factor), features times
+    gate; times another input-dependent tensor, a product of both; times or by anything else (a parameter, a buffer,
+    a number; a quotient's input-dependent divisor is held constant, as a normalisation's), a scale."""
     kind, operands = _binary(node)
-    if kind != "mul" or not all(o in analysis.dependent for o in operands):
+    if kind not in ("mul", "div"):
         return None
-    gates = [_is_gate(operand, analysis.module) for operand in operands]
-    if gates.count(True) != 1:
+    first, second = operands
+    dependent = [isinstance(o, Node) and o in analysis.dependent for o in (first, second)]
+    if kind == "div":
+        return Route("scale", lambda: Scale(divide=True), (first, second)) if dependent[0] else None
+    if dependent == [True, True]:
+        gates = [_is_gate(operand, analysis.module) for operand in (first, second)]
+        if gates.count(True) == 1:
+            gate, features = (first, second) if gates[0] else (second, first)
+            return Route("gated_product", GatedProduct, (features, gate))
+        return Route("product", Product, (first, second))
+    if dependent == [False, False]:
         return None
-    gate, features = (operands[0], operands[1]) if gates[0] else (operands[1], operands[0])
-    return Route("gated_product", GatedProduct, (features, gate))
+    scaled, factor = (first, second) if dependent[0] else (second, first)
+    return Route("scale", Scale, (scaled, factor))
 
 
 def _route_function(node: Node, analysis: Analysis) -> Route | None:
-    """A functional activation or average pool of an input-dependent tensor: the module that computes the same."""
+    """A functional activation, average pool or normalisation of an input-dependent tensor: the module that computes
+    the same."""
     if node.op not in ("call_function", "call_method") or not node.args or node.args[0] not in analysis.dependent:
         return None
     if node.op == "call_function" and node.target in _ACTIVATION_FUNCTIONS:
         activation = _ACTIVATION_FUNCTIONS[node.target]
     elif node.op == "call_method" and node.target in _ACTIVATION_METHODS:
         activation = _ACTIVATION_METHODS[node.target]
+    elif node.op == "call_function" and node.target in _NORM_FUNCTIONS:
+        return _route_norm(node)
     else:
         return _route_pool(node)
-    return Route(activation.__name__.lower(), activation, (node.args[0],))
+    args, kwargs = node.args[1:], {key: value for key, value in node.kwargs.items() if key != "inplace"}
+    if any(isinstance(value, Node) for value in (*args, *kwargs.values())):
+        return None
+    return Route(activation.__name__.lower(), lambda: activation(*args, **kwargs), (node.args[0],))
+
+
+def _route_norm(node: Node) -> Route | None:
+    """A functional normalisation, its arguments bound to its parameters in order: the tensors among them (weight,
+    bias, statistics) become the module's further inputs, the constants stay in its template."""
+    try:
+        bound = inspect.signature(node.target).bind(*node.args, **node.kwargs)
+    except (TypeError, ValueError):  # no signature to read, or a call it does not fit
+        return None
+    bound.apply_defaults()
+    positional = [value for name, value in bound.arguments.items()
+                  if bound.signature.parameters[name].kind is not inspect.Parameter.KEYWORD_ONLY][1:]
+    keywords = {name: value for name, value in bound.arguments.items()
+                if bound.signature.parameters[name].kind is inspect.Parameter.KEYWORD_ONLY}
+    if any(isinstance(value, Node) for value in keywords.values()):
+        return None
+    template = tuple(None if isinstance(value, Node) else value for value in positional)
+    tensors = tuple(value for value in positional if isinstance(value, Node))
+    function = node.target
+    return Route("norm", lambda: FunctionalNorm(function, template, keywords), (node.args[0], *tensors))
 
 
 def _route_pool(node: Node) -> Route | None:

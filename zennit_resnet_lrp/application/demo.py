@@ -1,5 +1,6 @@
-"""Two small ResNets built from torchvision's own BasicBlock and Bottleneck, trained on MNIST digits and shipped
-with the package (``scripts/train_demo.py`` trains them), with held-out digits to explain offline."""
+"""Small classifiers built from torchvision's own blocks (two ResNets, of BasicBlocks and of Bottlenecks, and a
+ConvNeXt), trained on MNIST digits and shipped with the package (``scripts/train_demo.py`` trains them), with
+held-out digits to explain offline."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -52,6 +53,32 @@ class SmallResNet(torch.nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
+class SmallConvNeXt(torch.nn.Sequential):
+    """A ConvNeXt for 1x28x28 digits, built from torchvision's own ``CNBlock`` and ``LayerNorm2d``: a 4x4, stride-2
+    stem (overlapping patches) with layer norm, two stages of two blocks (7x7 depthwise convolution, layer norm after a permute, inverted
+    bottleneck with GELU, layer scale, residual addition) with a layer-norm-and-2x2-convolution downsampling between
+    them, then average pooling, layer norm and a linear head."""
+
+    def __init__(self, widths=(32, 64), depth: int = 2, num_classes: int = 10) -> None:
+        from functools import partial
+
+        from torchvision.models.convnext import CNBlock, LayerNorm2d
+
+        norm = partial(torch.nn.LayerNorm, eps=1e-6)
+        layers = [torch.nn.Conv2d(1, widths[0], 4, 2, 1), LayerNorm2d(widths[0], eps=1e-6)]
+        for index, width in enumerate(widths):
+            if index:
+                layers += [LayerNorm2d(widths[index - 1], eps=1e-6), torch.nn.Conv2d(widths[index - 1], width, 2, 2)]
+            layers += [CNBlock(width, 1e-6, 0.0, norm) for _ in range(depth)]
+        layers += [torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(1), norm(widths[-1]),
+                   torch.nn.Linear(widths[-1], num_classes)]
+        super().__init__(*layers)
+
+
+def demo_convnext(num_classes: int = 10) -> SmallConvNeXt:
+    return SmallConvNeXt(num_classes=num_classes)
+
+
 def demo_basic(num_classes: int = 10) -> SmallResNet:
     return SmallResNet(BasicBlock, num_classes=num_classes)
 
@@ -77,6 +104,9 @@ DEMO_MODELS: dict[str, DemoModel] = {
     "demo-mnist": DemoModel(demo_basic, str(DATA / "demo-mnist.pt"), MNIST_PREPROCESSING, DIGIT_NAMES),
     "demo-mnist-bottleneck": DemoModel(
         demo_bottleneck, str(DATA / "demo-mnist-bottleneck.pt"), MNIST_PREPROCESSING, DIGIT_NAMES
+    ),
+    "demo-mnist-convnext": DemoModel(
+        demo_convnext, str(DATA / "demo-mnist-convnext.pt"), MNIST_PREPROCESSING, DIGIT_NAMES
     ),
 }
 DEFAULT_DEMO = "demo-mnist"

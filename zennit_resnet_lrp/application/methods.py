@@ -176,7 +176,7 @@ def _cam(kind: str) -> MethodFunction:
             from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
         except ImportError:
             raise MethodError(f"{kind} needs the grad-cam package: pip install 'zennit-resnet-lrp[cam]'") from None
-        layer = model.layer4[-1]  # the paper's target layer
+        layer = _cam_layer(model, inputs)
         cam_cls = {"gradcam": pytorch_grad_cam.GradCAM, "scorecam": pytorch_grad_cam.ScoreCAM}[kind]
         quiet = contextlib.redirect_stderr(io.StringIO())  # Score-CAM draws progress bars of its own there
         with evaluating(model), quiet, cam_cls(model=model, target_layers=[layer]) as cam:
@@ -184,6 +184,29 @@ def _cam(kind: str) -> MethodFunction:
             maps = cam(input_tensor=inputs.detach(), targets=[ClassifierOutputTarget(int(t)) for t in targets])
         return torch.as_tensor(maps, device=inputs.device, dtype=inputs.dtype)
     return run
+
+
+def _cam_layer(model: torch.nn.Module, inputs: torch.Tensor) -> torch.nn.Module:
+    """The layer a CAM reads: ``layer4[-1]`` of a ResNet (the paper's), else the last module whose output is a
+    spatial map (N, C, H, W with H, W > 1) in the order the forward pass finishes them."""
+    if hasattr(model, "layer4"):
+        return model.layer4[-1]
+    last = []
+
+    def record(module, args, output):
+        if isinstance(output, torch.Tensor) and output.ndim == 4 and min(output.shape[2:]) > 1:
+            last[:] = [module]
+
+    handles = [module.register_forward_hook(record) for module in model.modules()]
+    try:
+        with torch.no_grad():
+            model(inputs[:1])
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not last:
+        raise MethodError(f"found no layer with a spatial output in {type(model).__name__} for a CAM")
+    return last[0]
 
 
 def _captum(kind: str, positive: bool = False) -> MethodFunction:
@@ -198,9 +221,12 @@ def _captum(kind: str, positive: bool = False) -> MethodFunction:
                 "guided_backprop": attr.GuidedBackprop, "gradient_x_input": attr.InputXGradient}[kind]
         with evaluating(model), torch.enable_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # captum's notes on hooks it sets and removes
-            maps = torch.cat([make(model).attribute(inputs[index:index + 1].detach().clone().requires_grad_(),
-                                                    target=int(targets[index])).detach()
-                              for index in range(inputs.shape[0])])
+            try:
+                maps = torch.cat([make(model).attribute(inputs[index:index + 1].detach().clone().requires_grad_(),
+                                                        target=int(targets[index])).detach()
+                                  for index in range(inputs.shape[0])])
+            except TypeError as error:  # captum's LRP has rules for a few layer types only
+                raise MethodError(f"captum_{kind} does not apply to {type(model).__name__}: {error}") from None
         return maps.clamp(min=0) if positive else maps
     return run
 

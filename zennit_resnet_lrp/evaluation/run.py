@@ -12,7 +12,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 from ..application.images import ImageError, open_image
-from ..application.methods import MethodContext, get_method, method_names
+from ..application.methods import MethodContext, MethodError, get_method, method_names
 from ..application.models import LoadedModel
 from ..tracing import TraceCache
 from .datasets import Sample
@@ -130,6 +130,8 @@ class _Job:
     settings: EvaluationSettings
     done: set
     writer: RowWriter
+    samples: Sequence[Sample]
+    failures: list
     cache: TraceCache = field(default_factory=TraceCache)
 
 
@@ -147,7 +149,8 @@ def evaluate(
 
     Returns
     -------
-    (rows written, failures as (image, reason))
+    (rows written, failures as (image or "model, method", reason)): an image that cannot be read, a method that does
+    not apply to a model (the others are scored all the same)
     """
     method_names(settings.methods)  # unknown names fail before any work
     done = {(row["model"], row["image"], row["method"]) for row in read_rows(output)}
@@ -156,16 +159,16 @@ def evaluate(
     written, failures = 0, []
     with closing(RowWriter(path)) as writer:
         for model_id, loaded in models:
-            job = _Job(model_id, loaded, settings, done, writer)
+            job = _Job(model_id, loaded, settings, done, writer, mine, failures)
             for begin in range(0, len(mine), settings.images_per_step):
                 chunk = mine[begin:begin + settings.images_per_step]
-                written += _score_chunk(job, chunk, failures)
+                written += _score_chunk(job, chunk)
                 if progress is not None:
                     progress(len(chunk))
     return written, failures
 
 
-def _score_chunk(job: _Job, chunk: Sequence[Sample], failures: list) -> int:
+def _score_chunk(job: _Job, chunk: Sequence[Sample]) -> int:
     """Score the images of ``chunk`` not done yet with every method not done for them."""
     todo = [s for s in chunk if any((job.model_id, str(s.path), m) not in job.done for m in job.settings.methods)]
     parameter = next(job.loaded.model.parameters())
@@ -175,7 +178,7 @@ def _score_chunk(job: _Job, chunk: Sequence[Sample], failures: list) -> int:
             pixels.append(job.loaded.preprocessing.pixels(open_image(sample.path)))
             kept.append(sample)
         except ImageError as error:
-            failures.append((str(sample.path), str(error)))
+            job.failures.append((str(sample.path), str(error)))
     if not pixels:
         return 0
     return _score_images(job, kept, torch.stack(pixels).to(parameter.device, parameter.dtype))
@@ -197,7 +200,12 @@ def _score_images(job: _Job, samples: Sequence[Sample], pixels: torch.Tensor) ->
         index = torch.tensor(pending, device=pixels.device)
         context = MethodContext(prep.bounds(pixels.dtype, pixels.device),
                                 [sample_seed(settings.seed, samples[i].path) for i in pending], job.cache)
-        maps = get_method(name).run(job.loaded.model, inputs[index], targets[index], context).detach()
+        try:
+            maps = get_method(name).run(job.loaded.model, inputs[index], targets[index], context).detach()
+        except MethodError as error:  # a method that does not apply to this model: said once, the others go on
+            job.failures.append((f"{job.model_id}, {name}", str(error)))
+            job.done.update((job.model_id, str(sample.path), name) for sample in job.samples)
+            continue
         maps = settings.protocol.flat_maps(maps, levels)
         scores = insertion_deletion(job.loaded.model, pixels[index], maps, labels[index], prep.normalize,
                                     settings.spec, settings.batch_size)
