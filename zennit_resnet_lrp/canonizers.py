@@ -19,6 +19,11 @@ from .tracing import TraceCache, TraceFailure, may_add_or_gate, trace, traceable
 SUM_NAME = "residual_sum"
 
 
+# linear layers whose forward applies their weight as it is (merging into a weight-standardised convolution, say,
+# would be undone by its standardisation)
+_PLAIN_FORWARDS = (torch.nn.Linear.forward, torch.nn.Conv1d.forward, torch.nn.Conv2d.forward, torch.nn.Conv3d.forward)
+
+
 def batchnorm_pairs(model: torch.nn.Module) -> list[tuple[torch.nn.Module, torch.nn.Module]]:
     """``(linear, batch norm)`` for every batch norm (with running statistics) whose input is a linear layer's output
     and nothing else uses that output: consecutive children of an ``nn.Sequential``, or a child feeding a child in a
@@ -27,8 +32,9 @@ def batchnorm_pairs(model: torch.nn.Module) -> list[tuple[torch.nn.Module, torch
     pairs, taken = [], set()
     for module in model.modules():
         for linear, batch_norm in _feeding_pairs(module):
-            if isinstance(linear, Linear) and isinstance(batch_norm, BatchNorm) \
-                    and batch_norm.running_mean is not None and not {id(linear), id(batch_norm)} & taken:
+            if isinstance(linear, Linear) and type(linear).forward in _PLAIN_FORWARDS \
+                    and isinstance(batch_norm, BatchNorm) and batch_norm.running_mean is not None \
+                    and not {id(linear), id(batch_norm)} & taken:
                 pairs.append((linear, batch_norm))
                 taken |= {id(linear), id(batch_norm)}
     return pairs

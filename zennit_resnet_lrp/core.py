@@ -1,5 +1,4 @@
-"""How a rule runs: as an autograd function around the module's forward (the fast path) or through zennit's hooks,
-and the transposes of the linear maps the rules redistribute through.
+"""How a rule runs: as an autograd function around the module's forward (the fast path) or through zennit's hooks.
 
 The rules themselves (:py:mod:`zennit_resnet_lrp.rules`) only declare which inputs they keep and how relevance
 maps from a module's output to its inputs; this module runs that declaration either way.
@@ -8,12 +7,9 @@ from __future__ import annotations
 
 import copy
 import functools
-from typing import Callable
 
 import torch
 from zennit.core import Hook
-
-Transpose = Callable[[torch.Tensor], torch.Tensor]
 
 
 class RelevanceRule(Hook):
@@ -132,8 +128,9 @@ class _Propagate(torch.autograd.Function):
         ctx.save_for_backward(*(kept[index] for index in ctx.positions))
         output = forward(*inputs)
         # an output that aliases an input would be a view of it that later in-place operations may not modify
-        if any(output is x or output._base is x or output._base is not None and output._base is x._base
-               for x in inputs if isinstance(x, torch.Tensor)):
+        if isinstance(output, torch.Tensor) and any(
+                output is x or output._base is x or output._base is not None and output._base is x._base
+                for x in inputs if isinstance(x, torch.Tensor)):
             output = output.clone()
         return output
 
@@ -183,53 +180,3 @@ class ForwardOverride:
             module.__dict__["forward"] = self.previous
         self.marker.remove()
         self.module = None
-
-
-def layout(tensor: torch.Tensor | None) -> torch.memory_format:
-    """``torch.channels_last`` for a 4-D tensor laid out channels-last (and not also plainly contiguous), else
-    ``torch.contiguous_format``: the layout to give weights that meet ``tensor`` in a convolution (the convolution
-    would otherwise convert them on every call)."""
-    if (tensor is not None and tensor.ndim == 4 and not tensor.is_contiguous()
-            and tensor.is_contiguous(memory_format=torch.channels_last)):
-        return torch.channels_last
-    return torch.contiguous_format
-
-
-def convolution_transpose(input, weight, stride, padding, dilation, groups) -> Transpose:
-    """The transpose of the convolution of ``input`` with ``weight``: its input gradient alone (no weight gradient,
-    no autograd graph)."""
-
-    def transpose(vector):
-        return torch.ops.aten.convolution_backward(
-            vector, input, weight, None, stride, padding, dilation, False, [0] * len(stride), groups,
-            [True, False, False],
-        )[0]
-
-    return transpose
-
-
-def linearised(function: Callable[[torch.Tensor], torch.Tensor], input: torch.Tensor) -> tuple:
-    """Return ``function(input)`` and a function that applies its transpose (vector-Jacobian product), by autograd:
-    for maps whose transpose has no closed form here."""
-    with torch.enable_grad():
-        point = input.detach().requires_grad_()
-        output = function(point)
-
-    def transpose(vector):
-        (result,) = torch.autograd.grad(output, point, vector, retain_graph=True)
-        return result
-
-    return output.detach(), transpose
-
-
-def weighted_map(module: torch.nn.Module, input: torch.Tensor, weight: torch.Tensor) -> tuple:
-    """``(f(input), transpose of f)`` for the convolution or linear layer ``module`` with ``weight`` in place of its
-    own and no bias; the transpose in closed form where there is one."""
-    with torch.no_grad():
-        if isinstance(module, torch.nn.Linear):
-            return torch.nn.functional.linear(input, weight), lambda vector: vector @ weight
-        if module.padding_mode == "zeros" and not isinstance(module.padding, str):
-            output = module._conv_forward(input, weight, None)
-            return output, convolution_transpose(input, weight, module.stride, module.padding, module.dilation,
-                                                  module.groups)
-    return linearised(lambda x: module._conv_forward(x, weight, None), input)

@@ -92,6 +92,16 @@ class Scale(torch.nn.Module):
         return "divide=True" if self.divide else ""
 
 
+class _Slot:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "SLOT"
+
+
+SLOT = _Slot()  # where a tensor argument goes in a FunctionalNorm's template
+
+
 class FunctionalNorm(torch.nn.Module):
     """A normalisation written as a function call in a model's forward (``F.layer_norm``, ``F.group_norm``,
     ``F.rms_norm``, ``F.batch_norm``), made a module so that composites give it the rule of normalisation layers.
@@ -99,10 +109,10 @@ class FunctionalNorm(torch.nn.Module):
     Parameters
     ----------
     function : callable
-        Called as ``function(input, *arguments)``, where the arguments are ``template`` with each None filled, in
-        order, by a tensor the module is called with (the norm's weight and bias).
+        Called as ``function(input, *arguments)``, where the arguments are ``template`` with each :py:data:`SLOT`
+        filled, in order, by a tensor the module is called with (the norm's weight and bias).
     template : tuple
-        The further arguments, None where a tensor goes.
+        The further arguments, :py:data:`SLOT` where a tensor goes.
     kwargs : dict, optional
         Keyword arguments (constants).
     """
@@ -113,11 +123,35 @@ class FunctionalNorm(torch.nn.Module):
 
     def forward(self, input: torch.Tensor, *tensors: torch.Tensor) -> torch.Tensor:  # noqa: A002 - the input
         filled = iter(tensors)
-        arguments = [next(filled) if item is None else item for item in self.template]
+        arguments = [next(filled) if item is SLOT else item for item in self.template]
         return self.function(input, *arguments, **self.kwargs)
 
     def extra_repr(self) -> str:
         return getattr(self.function, "__name__", repr(self.function))
+
+
+class Elementwise(torch.nn.Module):
+    """An elementwise function of an input-dependent tensor written in a forward (``x ** 2``, ``x.clamp(min=0)``,
+    ``x.abs()``): an activation, made a module so that composites give it the activations' rule.
+
+    Parameters
+    ----------
+    function : callable
+        Called as ``function(input, *args, **kwargs)``.
+    args, kwargs
+        Its further arguments (constants).
+    """
+
+    def __init__(self, function, args: tuple = (), kwargs: dict | None = None) -> None:
+        super().__init__()
+        self.function, self.args, self.kwargs = function, tuple(args), dict(kwargs or {})
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002 - the module's input
+        return self.function(input, *self.args, **self.kwargs)
+
+    def extra_repr(self) -> str:
+        name = getattr(self.function, "__name__", repr(self.function))
+        return ", ".join([name, *map(repr, self.args), *(f"{k}={v!r}" for k, v in self.kwargs.items())])
 
 
 class InputSize:

@@ -80,11 +80,16 @@ class RelevanceRecorder:
 
     def _input_hook(self, name):
         def hook(module, args):
-            if not args or not isinstance(args[0], torch.Tensor) or not args[0].requires_grad:
+            # every tensor input with the batch's size: a block may take its shortcut as an argument
+            watched = [index for index, arg in enumerate(args) if isinstance(arg, torch.Tensor) and arg.requires_grad
+                       and arg.ndim > 0 and arg.shape[0] == args[0].shape[0]] if args else []
+            if not watched:
                 return None
-            first = args[0].clone()
-            first.register_hook(self._store(name, "input"))
-            return (first, *args[1:])
+            args = list(args)
+            for index in watched:
+                args[index] = args[index].clone()
+                args[index].register_hook(self._store(name, f"input{index}"))
+            return tuple(args)
         return hook
 
     def _output_hook(self, name):
@@ -117,7 +122,9 @@ class RelevanceRecorder:
 
         records = []
         for name in self.modules:
-            output, input = joined(name, "output"), joined(name, "input")
-            if output is not None and input is not None:
-                records.append(ModuleRelevance(name, output, input, joined(name, "skip")))
+            output = joined(name, "output")
+            inputs = [value for (owner, where), _ in self.sums.items() if owner == name and where.startswith("input")
+                      for value in [joined(owner, where)] if output is not None and value.shape == output.shape]
+            if output is not None and inputs:
+                records.append(ModuleRelevance(name, output, sum(inputs), joined(name, "skip")))
         return records

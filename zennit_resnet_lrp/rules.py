@@ -13,7 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch.nn.modules.utils import _pair
 
-from .core import RelevanceRule, Transpose, convolution_transpose, layout, linearised, weighted_map
+from .core import RelevanceRule
+from .maps import (
+    Transpose, convolution_transpose, effective_weight, layout, linearised, padded, same_padding, weighted_map,
+)
 
 DROP = "drop"
 FLAT = "flat"
@@ -228,7 +231,7 @@ def _clamped_weight(module: torch.nn.Module, like: torch.Tensor, negative: bool 
     """The module's weight clamped to its positive (or ``negative``) part, or filled with ``fill``; made afresh each
     time, so no copy of the model stays in memory. Laid out like ``like`` (channels-last inputs get channels-last
     weights: the convolution would otherwise convert them on every call)."""
-    weight = module.weight.detach()
+    weight = effective_weight(module)
     result = torch.empty_like(weight, memory_format=layout(like) if weight.ndim == 4 else torch.contiguous_format)
     if fill is not None:
         return result.fill_(fill)
@@ -301,18 +304,21 @@ class MaxPoolProportional(PositiveProportional):
     def maps(self, module, input):
         if module.dilation not in (1, (1, 1)):
             raise ValueError("MaxPoolProportional supports max-pools without dilation only")
+        dynamic = same_padding(module, input)  # timm's "same" max-pools pad at run time (with -inf: never the max)
         if module.ceil_mode or input.ndim != 4:
             return [(input, *linearised(lambda x: F.avg_pool2d(
-                x, module.kernel_size, module.stride, module.padding, module.ceil_mode, count_include_pad=True
-            ), input))]
+                padded(x, dynamic)[0], module.kernel_size, module.stride, module.padding, module.ceil_mode,
+                count_include_pad=True), input))]
         # the same average pool as a depthwise convolution with weights 1/k^2 (zero padding counted): several times
         # faster than avg_pool2d and its autograd backward on contiguous (NCHW) tensors
         kernel, stride, padding = (_pair(getattr(module, key)) for key in ("kernel_size", "stride", "padding"))
         channels = input.shape[1]
         weight = torch.full((channels, 1, *kernel), 1 / (kernel[0] * kernel[1]), dtype=input.dtype,
                             device=input.device).contiguous(memory_format=layout(input))
-        output = F.conv2d(input, weight, None, stride, padding, 1, channels)
-        return [(input, output, convolution_transpose(input, weight, stride, padding, (1, 1), channels))]
+        source, crop = padded(input, dynamic)
+        output = F.conv2d(source, weight, None, stride, padding, 1, channels)
+        transpose = convolution_transpose(source, weight, stride, padding, (1, 1), channels)
+        return [(input, output, lambda vector: crop(transpose(vector)))]
 
 
 class MaxPoolWinnerTakesAll(RelevanceRule):

@@ -29,7 +29,9 @@ import torch
 import torch.fx
 import torch.nn.functional as F
 
-from .layer import FunctionalNorm, FunctionalPool, GatedProduct, InputSize, Product, ResidualSum, Scale
+from .layer import (
+    SLOT, Elementwise, FunctionalNorm, FunctionalPool, GatedProduct, InputSize, Product, ResidualSum, Scale,
+)
 from .types import activation_types, normalization_types
 
 Node = torch.fx.Node
@@ -56,6 +58,11 @@ _ACTIVATION_FUNCTIONS = {F.relu: torch.nn.ReLU, torch.relu: torch.nn.ReLU, F.rel
 _ACTIVATION_METHODS = {"relu": torch.nn.ReLU, "relu_": torch.nn.ReLU, "tanh": torch.nn.Tanh}
 _POOL_FUNCTIONS = {F.adaptive_avg_pool2d, F.adaptive_avg_pool1d, F.avg_pool2d, F.avg_pool1d, torch.mean}
 _POOL_METHODS = {"mean": torch.mean}
+# elementwise functions with constant further arguments -> routed as activations (relevance passes)
+_ELEMENTWISE_FUNCTIONS = {operator.pow: torch.pow, torch.pow: torch.pow, torch.square: torch.square,
+                          torch.clamp: torch.clamp, torch.clamp_min: torch.clamp_min, torch.abs: torch.abs}
+_ELEMENTWISE_METHODS = {"pow": torch.pow, "square": torch.square, "clamp": torch.clamp, "clamp_min": torch.clamp_min,
+                        "abs": torch.abs}
 _NORM_FUNCTIONS = {F.layer_norm, F.group_norm, F.batch_norm, F.instance_norm, F.local_response_norm, F.normalize,
                    *((F.rms_norm,) if hasattr(F, "rms_norm") else ())}
 
@@ -381,6 +388,9 @@ def _route_function(node: Node, analysis: Analysis) -> Route | None:
         activation = _ACTIVATION_METHODS[node.target]
     elif node.op == "call_function" and node.target in _NORM_FUNCTIONS:
         return _route_norm(node)
+    elif node.op == "call_function" and node.target in _ELEMENTWISE_FUNCTIONS \
+            or node.op == "call_method" and node.target in _ELEMENTWISE_METHODS:
+        return _route_elementwise(node)
     else:
         return _route_pool(node)
     args, kwargs = node.args[1:], {key: value for key, value in node.kwargs.items() if key != "inplace"}
@@ -389,9 +399,19 @@ def _route_function(node: Node, analysis: Analysis) -> Route | None:
     return Route(activation.__name__.lower(), lambda: activation(*args, **kwargs), (node.args[0],))
 
 
+def _route_elementwise(node: Node) -> Route | None:
+    """An elementwise function whose further arguments are constants (``x ** 2``, ``x.clamp(min=0)``)."""
+    function = (_ELEMENTWISE_FUNCTIONS if node.op == "call_function" else _ELEMENTWISE_METHODS)[node.target]
+    args, kwargs = node.args[1:], dict(node.kwargs)
+    if any(isinstance(value, Node) for value in (*args, *kwargs.values())):
+        return None
+    return Route("elementwise", lambda: Elementwise(function, args, kwargs), (node.args[0],))
+
+
 def _route_norm(node: Node) -> Route | None:
-    """A functional normalisation, its arguments bound to its parameters in order: the tensors among them (weight,
-    bias, statistics) become the module's further inputs, the constants stay in its template."""
+    """A functional normalisation, its arguments bound to its parameters in order: those computed in the forward
+    (weight, bias, statistics, a shape read off a tensor) become the module's further inputs, the constants stay in its
+    template."""
     try:
         bound = inspect.signature(node.target).bind(*node.args, **node.kwargs)
     except (TypeError, ValueError):  # no signature to read, or a call it does not fit
@@ -401,10 +421,10 @@ def _route_norm(node: Node) -> Route | None:
                   if bound.signature.parameters[name].kind is not inspect.Parameter.KEYWORD_ONLY][1:]
     keywords = {name: value for name, value in bound.arguments.items()
                 if bound.signature.parameters[name].kind is inspect.Parameter.KEYWORD_ONLY}
-    if any(isinstance(value, Node) for value in keywords.values()):
+    if any(_holds_node(value) for value in keywords.values()):
         return None
-    template = tuple(None if isinstance(value, Node) else value for value in positional)
-    tensors = tuple(value for value in positional if isinstance(value, Node))
+    template = tuple(SLOT if _holds_node(value) else value for value in positional)
+    tensors = tuple(value for value in positional if _holds_node(value))  # computed at run time: passed in
     function = node.target
     return Route("norm", lambda: FunctionalNorm(function, template, keywords), (node.args[0], *tensors))
 
@@ -436,9 +456,22 @@ def _is_gate(node: Node, module: torch.nn.Module) -> bool:
     if node.op == "call_method":
         return node.target in _GATE_METHODS
     if node.op == "call_module":
-        name = type(module.get_submodule(node.target)).__name__.lower()
-        return isinstance(module.get_submodule(node.target), _GATE_MODULES) or "sigmoid" in name or "gate" in name
+        try:
+            child = module.get_submodule(node.target)
+        except AttributeError:  # a child this rewrite adds (an activation, a pool): not a gate
+            return False
+        name = type(child).__name__.lower()
+        return isinstance(child, _GATE_MODULES) or "sigmoid" in name or "gate" in name
     return False
+
+
+def _holds_node(value) -> bool:
+    """Whether an argument is, or holds, a node of the graph (computed at run time)."""
+    if isinstance(value, (tuple, list)):
+        return any(_holds_node(item) for item in value)
+    if isinstance(value, dict):
+        return any(_holds_node(item) for item in value.values())
+    return isinstance(value, Node)
 
 
 _VARIABLE = object()  # an argument computed at run time from something other than the input's size

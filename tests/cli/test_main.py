@@ -304,16 +304,16 @@ def test_no_progress_lines_when_stderr_is_not_a_terminal(tmp_path):
     assert result.exit_code == 0 and "\r" not in result.output and "left" not in result.output
 
 
-class Cube(torch.nn.Module):
+class Cumulative(torch.nn.Module):
     """A layer no rule covers: its gradient does not conserve relevance."""
 
     def forward(self, x):
-        return x.pow(3)
+        return x.cumsum(1)
 
 
 def _leaky_model():
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), Cube(),
+    return torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), Cumulative(),
                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 10)).eval()
 
 
@@ -329,7 +329,7 @@ def test_relevance_not_conserved_is_said_on_stderr_and_strict_fails(tmp_path, mo
     result = run("explain", *DIGITS[:3], "-o", tmp_path / "out")
     assert result.exit_code == 0, result.output
     warning = [line for line in result.output.splitlines() if line.startswith("warning: flows_skip_conservative")]
-    assert len(warning) == 1 and "on 3 of 3 image(s)" in warning[0] and "Cube" in warning[0], result.output
+    assert len(warning) == 1 and "on 3 of 3 image(s)" in warning[0] and "Cumulative" in warning[0], result.output
     assert "docs/coverage.md" in warning[0]
     strict = run("explain", *DIGITS[:3], "-o", tmp_path / "strict", "--strict")
     assert_one_line_error(strict, 1, "relevance was not conserved (--strict)")
@@ -337,8 +337,8 @@ def test_relevance_not_conserved_is_said_on_stderr_and_strict_fails(tmp_path, mo
     checked = run("check", "--json", tmp_path / "report.json")
     assert checked.exit_code == 1
     report = json.loads((tmp_path / "report.json").read_text())
-    assert {change["class"] for change in report["changes"]} == {"Cube"}
-    assert "relevance changes in '2' (Cube" in checked.output
+    assert {change["class"] for change in report["changes"]} == {"Cumulative"}
+    assert "relevance changes in '2' (Cumulative" in checked.output
 
 
 def test_demo_model_warns_on_photos(tmp_path):
