@@ -2,7 +2,7 @@
 module, and write docs/coverage.md.
 
     python scripts/measure_coverage.py                    # all (about 45 minutes on one core), then docs/coverage.md
-    python scripts/measure_coverage.py --only convnext_atto,vit_b_16
+    python scripts/measure_coverage.py --only convnext_atto,vit_b_16     # these again
     python scripts/measure_coverage.py --report           # docs/coverage.md from the results measured so far
 
 Per model: random weights and batch-norm statistics, float64, eval mode, two seeded inputs of the model's default
@@ -58,6 +58,16 @@ def parameters(build) -> int | None:
         return None
 
 
+def _published_parameters(name: str) -> int | None:
+    """The parameter count torchvision's weights metadata gives (for builders that fail on the meta device: RegNet)."""
+    import torchvision
+
+    try:
+        return int(torchvision.models.get_model_weights(name).DEFAULT.meta["num_params"])
+    except Exception:  # noqa: BLE001 - models without weights
+        return None
+
+
 def select() -> list[dict]:
     """The smallest model (by parameters) of each torchvision family and of each timm module, test models aside."""
     if SELECTION.exists():
@@ -71,7 +81,8 @@ def select() -> list[dict]:
         family = next((family for pattern, family in FAMILIES if re.search(pattern, name)), name)
         families[family].append(name)
     for family, names in sorted(families.items()):
-        sizes = {name: parameters(lambda n=name: torchvision.models.get_model(n, num_classes=10)) for name in names}
+        sizes = {name: parameters(lambda n=name: torchvision.models.get_model(n, num_classes=10))
+                 or _published_parameters(name) for name in names}
         chosen.append({"source": "torchvision", "group": family, "name": min(names, key=lambda n: sizes[n] or 1e12)})
     for module in timm.list_modules():
         names = [name for name in timm.list_models(module=module) if not name.startswith("test_")]
@@ -242,9 +253,11 @@ def main() -> None:
     torch.set_num_threads(1)
     if not args.report:
         models = select()
-        if args.only:
+        if args.only:  # measured again: their earlier rows are dropped
             wanted = set(args.only.split(","))
             models = [entry for entry in models if entry["name"] in wanted]
+            kept = [row for row in read() if row["name"] not in wanted]
+            RESULTS.write_text("".join(json.dumps(row) + "\n" for row in kept))
         run(models, args.timeout)
     REPORT.write_text(report(read()) + "\n")
     print(f"wrote {REPORT}")

@@ -16,7 +16,7 @@ from .conservation import (
     DEFAULT_TOLERANCE, WARNING_TOLERANCE, ConservationReport, ConservationWarning, Violation, locate, worst_violation,
 )
 from .layer import ResidualSum
-from .recording import RelevanceRecorder
+from .recording import AbsorptionRecorder, RelevanceRecorder
 from .results import Attribution
 from .snapshot import evaluating
 
@@ -205,21 +205,22 @@ def _run(model, inputs, composite, request: _Request, watch: Callable[[torch.nn.
          ) -> Attribution:
     """Attribute ``inputs`` chunk by chunk with ``composite`` registered once, recording the relevance at the
     modules ``watch`` names in the canonized model; the model is restored afterwards."""
-    with _registered(model, composite, watch) as recorder:
-        chunks = [_attribute_chunk(model, inputs[begin:begin + request.batch_size], request, begin)
+    with _registered(model, composite, watch) as (recorder, absorption):
+        chunks = [_attribute_chunk(model, inputs[begin:begin + request.batch_size], request, begin, absorption)
                   for begin in range(0, inputs.shape[0], request.batch_size)]
         blocks = recorder.results() if recorder is not None else None
-    relevance, chosen, values, outputs = (torch.cat(column) for column in zip(*chunks))
+        tokens = bool(absorption.modules)
+    relevance, chosen, values, outputs, absorbed = (torch.cat(column) for column in zip(*chunks))
     untraced = [entry for canonizer in getattr(composite, "canonizers", [])
                 if isinstance(canonizer, ResidualCanonizer) for entry in canonizer.untraced]
-    return Attribution(relevance, chosen, values, outputs, blocks, untraced)
+    return Attribution(relevance, chosen, values, outputs, blocks, untraced, absorbed if tokens else None)
 
 
 @contextmanager
-def _registered(model, composite, watch) -> Iterator[RelevanceRecorder | None]:
-    """``composite`` registered on ``model`` in eval mode (and a recorder of the watched modules), taken off and the
-    model restored exactly afterwards, also on errors."""
-    recorder = None
+def _registered(model, composite, watch) -> Iterator[tuple[RelevanceRecorder | None, AbsorptionRecorder]]:
+    """``composite`` registered on ``model`` in eval mode, with a recorder of the watched modules and one of the
+    relevance the model's own tokens absorb; taken off and the model restored exactly afterwards, also on errors."""
+    recorder = absorption = None
     with evaluating(model):
         try:
             if isinstance(composite, ResidualComposite):
@@ -232,16 +233,20 @@ def _registered(model, composite, watch) -> Iterator[RelevanceRecorder | None]:
             if watch is not None:
                 modules = dict(model.named_modules())
                 recorder = RelevanceRecorder({name: modules[name] for name in watch(model)}).register()
-            yield recorder
+            absorption = AbsorptionRecorder(model).register()
+            yield recorder, absorption
         finally:
-            if recorder is not None:
-                recorder.remove()
+            for hooks in (recorder, absorption):
+                if hooks is not None:
+                    hooks.remove()
             composite.remove()
 
 
-def _attribute_chunk(model, chunk: torch.Tensor, request: _Request, begin: int) -> tuple:
-    """``(relevance, target, start, output)`` of one chunk of inputs starting at sample ``begin``."""
+def _attribute_chunk(model, chunk: torch.Tensor, request: _Request, begin: int,
+                     absorption: AbsorptionRecorder) -> tuple:
+    """``(relevance, target, start, output, absorbed)`` of one chunk of inputs starting at sample ``begin``."""
     chunk = chunk.detach().clone().requires_grad_(True)
+    absorption.take()  # nothing left from an earlier forward pass
     with torch.enable_grad():
         output = model(chunk)
         if output.ndim != 2:
@@ -251,10 +256,15 @@ def _attribute_chunk(model, chunk: torch.Tensor, request: _Request, begin: int) 
         chosen = _targets(target, output_values)
         values = _start_values(output_values, chosen, request.start_with)
         seed = torch.zeros_like(output).scatter(1, chosen[:, None], values[:, None])
-        (relevance,) = torch.autograd.grad(output, chunk, seed)
+        tokens = absorption.take()
+        relevance, *absorbed = torch.autograd.grad(output, [chunk, *tokens], seed, allow_unused=True)
     if request.progress is not None:
         request.progress(chunk.shape[0])
-    return relevance.detach(), chosen, values, output_values
+    per_sample = values.new_zeros(chunk.shape[0])
+    for token in absorbed:
+        if token is not None:
+            per_sample = per_sample + token.detach().flatten(1).sum(1)
+    return relevance.detach(), chosen, values, output_values, per_sample
 
 
 def locate_violation(
@@ -284,5 +294,6 @@ def locate_violation(
     one = _Request(result.target[worst:worst + 1], start_with, 1)
     traced = _run(model, inputs[worst:worst + 1], composite, one, watch=lambda canonized: names)
     places = locate(traced.blocks or [], float(result.start[worst]), tolerance, dict(model.named_modules()))
-    return Violation(worst, float(result.total[worst] / result.start[worst]),
-                     float(result.conservation_error[worst]), tolerance, places)
+    kept = result.total[worst] + (0 if result.absorbed is None else result.absorbed[worst])
+    return Violation(worst, float(kept / result.start[worst]), float(result.conservation_error[worst]), tolerance,
+                     places)

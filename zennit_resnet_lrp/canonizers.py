@@ -4,6 +4,7 @@ A canonizer gives a model the form the rules need and is undone by ``remove()``,
 """
 from __future__ import annotations
 
+import types
 import warnings
 from typing import Callable
 
@@ -12,7 +13,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 from zennit.canonizers import Canonizer
 from zennit.types import BatchNorm, Linear
 
-from .layer import ResidualSum
+from .layer import Attention, ResidualSum
 from .snapshot import ModelSnapshot
 from .tracing import TraceCache, TraceFailure, may_add_or_gate, trace, traceable, whole_layers
 
@@ -48,7 +49,7 @@ def _feeding_pairs(module: torch.nn.Module) -> list[tuple[torch.nn.Module, torch
     if not any(True for _ in module.children()) or not traceable(module):
         return []
     try:
-        graph = trace(module)
+        graph, _ = trace(module)
     except TraceFailure:
         return []  # not merged: the batch norm keeps its own rule
     return [(module.get_submodule(node.args[0].target), module.get_submodule(node.target))
@@ -82,6 +83,51 @@ BLOCK_FORWARDS: dict[type, Callable] = {
     BasicBlock: _basic_block_forward,
     Bottleneck: _bottleneck_forward,
 }
+
+
+def _multihead_forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
+                       average_attn_weights=True, is_causal=False):
+    """``nn.MultiheadAttention``'s forward through explicit modules: the projections as linear layers, the attention
+    as an :py:class:`~zennit_resnet_lrp.layer.Attention`; the same output (no attention weights returned)."""
+    if not self.batch_first:
+        query, key, value = (tensor.transpose(0, 1) for tensor in (query, key, value))
+    batch, length, width = query.shape
+    heads = self.num_heads
+
+    def split(tensor):  # (N, L, E) -> (N, heads, L, E / heads)
+        return tensor.reshape(batch, tensor.shape[1], heads, -1).transpose(1, 2)
+
+    mask = None
+    if attn_mask is not None:  # True: not attended, in MultiheadAttention's convention; a float mask is added
+        mask = ~attn_mask if attn_mask.dtype == torch.bool else attn_mask
+        mask = mask.reshape(batch, heads, *mask.shape[-2:]) if mask.ndim == 3 else mask
+    if key_padding_mask is not None:
+        keep = ~key_padding_mask[:, None, None, :] if key_padding_mask.dtype == torch.bool \
+            else key_padding_mask[:, None, None, :]
+        mask = keep if mask is None else (mask & keep if mask.dtype == torch.bool and keep.dtype == torch.bool
+                                          else mask + keep)
+    output = self.attention(split(self.q_proj(query)), split(self.k_proj(key)), split(self.v_proj(value)), mask,
+                            0.0, is_causal and attn_mask is None)
+    output = self.out_proj(output.transpose(1, 2).reshape(batch, length, width))
+    return (output if self.batch_first else output.transpose(0, 1)), None
+
+
+def _projections(module: torch.nn.MultiheadAttention) -> dict[str, torch.nn.Linear]:
+    """The query, key and value projections of ``nn.MultiheadAttention`` as linear layers holding views of its own
+    weights (nothing copied)."""
+    width = module.embed_dim
+    layers = {}
+    for index, name in enumerate(("q_proj", "k_proj", "v_proj")):
+        weight = module.in_proj_weight[index * width:(index + 1) * width] if module._qkv_same_embed_dim \
+            else getattr(module, f"{name}_weight")
+        layer = torch.nn.Linear(weight.shape[1], width, bias=module.in_proj_bias is not None, device=weight.device,
+                                dtype=weight.dtype)
+        layer.weight = torch.nn.Parameter(weight.detach(), requires_grad=False)
+        if module.in_proj_bias is not None:
+            layer.bias = torch.nn.Parameter(module.in_proj_bias[index * width:(index + 1) * width].detach(),
+                                            requires_grad=False)
+        layers[name] = layer
+    return layers
 
 
 def residual_blocks(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
@@ -141,12 +187,31 @@ class ResidualCanonizer(Canonizer):
                 instance = self.copy()
                 instance.register(module)
                 instances.append(instance)
+            elif isinstance(module, torch.nn.MultiheadAttention) and "forward" not in module.__dict__:
+                instances += self._decomposed(name, module)
             elif self.trace and traceable(module, whole) and "forward" not in module.__dict__:
                 # (an instance forward is someone else's rewrite: left alone)
                 instances += self._rewritten(name, module)
         if self.merge_batchnorm:
             instances += MergeBatchNorm().apply(root_module)
         return instances
+
+    def _decomposed(self, name: str, module: torch.nn.MultiheadAttention) -> list[Canonizer]:
+        """``nn.MultiheadAttention`` through explicit modules (its projections, an ``Attention``), so that the rules
+        see its attention; one instance to undo it. Left as it is, with a warning, where it adds key and value biases
+        or zero attention (the decomposition does not cover them)."""
+        if module.bias_k is not None or module.add_zero_attn:
+            warnings.warn(f"'{name}' (MultiheadAttention) adds key and value biases or zero attention: its attention "
+                          "is not decomposed, relevance follows its gradient", ResidualTracingWarning, stacklevel=3)
+            return []
+        instance = self.copy()
+        instance.module = module
+        children = {**_projections(module), "attention": Attention()}
+        for child, layer in children.items():
+            module.add_module(child, layer)
+        instance.added = list(children)
+        module.__dict__["forward"] = types.MethodType(_multihead_forward, module)
+        return [instance]
 
     def _rewritten(self, name: str, module: torch.nn.Module) -> list[Canonizer]:
         """``module`` with its additions, gates and functional operations routed (one instance to undo it), or as it
@@ -180,8 +245,9 @@ class ResidualCanonizer(Canonizer):
         if self.module is not None:
             # tolerant: a snapshot restore may already have put the module back
             self.module.__dict__.pop("forward", None)
-            for name in self.added:
+            for name in self.added:  # children and tensor constants
                 self.module._modules.pop(name, None)
+                self.module.__dict__.pop(name, None)
             self.module = None
 
     def copy(self) -> "ResidualCanonizer":

@@ -17,10 +17,11 @@ from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetBottleneckCanoni
 from zennit.types import BatchNorm
 
 from .canonizers import ResidualCanonizer
-from .layer import FunctionalPool, GatedProduct, Product, ResidualSum, Scale
+from .attention import AttentionValues, BilinearSplit, SoftmaxRule
+from .layer import AttentionProduct, FunctionalPool, GatedProduct, MatrixProduct, Product, ResidualSum, Scale, SumOver
 from .rules import (
     DROP, FLAT, FlatInputZPlus, GateAsWeight, MaxPoolAverageStandIn, MaxPoolProportional, MaxPoolWinnerTakesAll,
-    PassThrough, PoolProportional, RelevanceSplit, UniformSplit, ZPlus,
+    PassThrough, PoolProportional, ReductionSplit, RelevanceSplit, UniformSplit, ZPlus,
 )
 from .tracing import TraceCache
 from .types import activation_types, normalization_types
@@ -191,6 +192,8 @@ class ResNetLRP(ResidualComposite, SpecialFirstLayerMapComposite):
                              and isinstance(maxpool_rule, (MaxPoolProportional, MaxPoolWinnerTakesAll)))
         layer_map = list(layer_map or []) + [
             (ResidualSum, RelevanceSplit(self.split, self.split_identity, fast=fast)),
+            (SumOver, ReductionSplit(self.split, fast=fast)),
+            *self.attention_rules(rule_args),
             *explicit_module_rules(fast),
             (CONVOLUTION, ZPlus(**rule_args)),
             (torch.nn.Linear, ZPlus(**rule_args)),
@@ -204,6 +207,12 @@ class ResNetLRP(ResidualComposite, SpecialFirstLayerMapComposite):
             first = FIRST_RULES[first](**rule_args)
         first_map = list(first_map or []) + [(CONVOLUTION, first)]
         super().__init__(layer_map=layer_map, first_map=first_map, canonizers=self._with_residual_canonizer(canonizers))
+
+    @staticmethod
+    def attention_rules(rule_args: dict) -> LayerMap:
+        """Attention: the weights held constant, relevance through the values (z+), none to queries and keys."""
+        return [(AttentionProduct, AttentionValues(**rule_args)),
+                (MatrixProduct, BilinearSplit("positive", fast=rule_args["fast"]))]
 
     @staticmethod
     def _maxpool_rule(maxpool: str | Hook, rule_args: dict) -> Hook:
@@ -254,6 +263,21 @@ class FlowsSkipConservative(FlowsSkip):
     epsilon, maxpool, unsupported, first_rule = 0.0, "proportional", FLAT, "zplus"
 
 
+@register_composite("attnlrp")
+class AttnLRP(FlowsSkipConservative):
+    """The default with AttnLRP's rules for attention (Achtibat et al. 2024), for comparison: relevance flows through
+    the attention weights too, by the bilinear rule at the products (the epsilon rule over the contracted index, half
+    to each factor) and the softmax rule; neither conserves relevance exactly."""
+
+    conservative = False
+
+    @staticmethod
+    def attention_rules(rule_args: dict) -> LayerMap:
+        fast = rule_args["fast"]
+        return [((AttentionProduct, MatrixProduct), BilinearSplit("signed", fast=fast)),
+                (torch.nn.Softmax, SoftmaxRule(fast=fast))]
+
+
 class SplitCounterpart(ResidualComposite):
     """Mixin for zennit's composites: Relevance Splitting (``split``, ``split_identity``) at the residual sums and
     gates as weights, in front of the composite's own table (where zennit puts ``Norm``), batch norms merged as zennit's
@@ -263,7 +287,8 @@ class SplitCounterpart(ResidualComposite):
 
     def __init__(self, split: str = "ratio", split_identity: bool = True, layer_map: LayerMap | None = None,
                  canonizers: Sequence[Canonizer] | None = None, **kwargs) -> None:
-        layer_map = [(ResidualSum, RelevanceSplit(split, split_identity)), *explicit_module_rules()[:3]] \
+        layer_map = [(ResidualSum, RelevanceSplit(split, split_identity)), (SumOver, ReductionSplit(split)),
+                     *explicit_module_rules()[:3]] \
             + list(layer_map or [])
         super().__init__(layer_map=layer_map, canonizers=self._with_residual_canonizer(canonizers), **kwargs)
 
@@ -339,7 +364,7 @@ def make_composite(method: str | Composite = DEFAULT_METHOD, bounds: tuple | Non
     composite = cls(canonizers=[ResidualCanonizer(merge_batchnorm=True, cache=cache)], **kwargs)
     # the modules our canonizer adds get our rules (gates, products and scales as in ours); and zennit's Norm for its
     # stacked Sum, in the form our sums take (their operands separate), where the composite has it
-    composite.layer_map[:0] = explicit_module_rules()[:3]
+    composite.layer_map[:0] = [(SumOver, ReductionSplit()), *explicit_module_rules()[:3]]
     if any(_maps(types, Sum) for types, _ in composite.layer_map):
         composite.layer_map.insert(0, (ResidualSum, RelevanceSplit("signed")))
     return composite

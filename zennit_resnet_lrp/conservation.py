@@ -77,6 +77,7 @@ class ConservationReport:
             "passed": self.passed,
             "start": result.start.tolist(),
             "input_total": result.total.tolist(),
+            "absorbed": None if result.absorbed is None else result.absorbed.tolist(),
             "error": self.error.tolist(),
             "target": result.target.tolist(),
             "blocks": self.rows(),
@@ -105,6 +106,10 @@ class ConservationReport:
         if self.violation is not None and self.violation.places:
             lines.append(f"relevance changes in {', '.join(map(str, self.violation.places[:3]))} (sample "
                          f"{self.violation.sample}; modules of type {', '.join(self.violation.kinds)})")
+        if self.attribution.absorbed is not None:
+            absorbed = self.attribution.absorbed / start
+            lines.append(f"absorbed by the model's own tokens: {float(absorbed.mean()):.6f} of the start (mean), "
+                         f"{float(absorbed.max()):.6f} (max)")
         worst = float(self.error.max())
         verdict = "PASS" if self.passed else "FAIL"
         lines.append(
@@ -119,7 +124,8 @@ def violations(result: Attribution, conservative: bool, tolerance: float) -> tor
     growth counts (a residual addition nobody split): the paper's variants lose relevance by design."""
     error = result.conservation_error
     if not conservative:
-        grew = (result.total - result.start) * result.start.sign() > 0
+        kept = result.total if result.absorbed is None else result.total + result.absorbed
+        grew = (kept - result.start) * result.start.sign() > 0
         error = torch.where(grew, error, torch.zeros_like(error))
     return error > tolerance
 
@@ -164,7 +170,8 @@ class Violation:
     sample : int
         Index of the worst sample.
     ratio, error : float
-        Its input relevance over the start relevance, and ``|total - start| / |start|``.
+        Its input relevance (with what the model's tokens absorbed) over the start relevance, and
+        ``|total + absorbed - start| / |start|``.
     tolerance : float
     places : list of Place
         The innermost modules whose relevance in and out differ by more than ``tolerance`` of the start.

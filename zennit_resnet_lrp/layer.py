@@ -48,6 +48,28 @@ class ResidualSum(torch.nn.Module):
         return f"identity_skip={self.identity_skip}, skip={self.skip}{signs}"
 
 
+class SumOver(torch.nn.Module):
+    """A sum of an input-dependent tensor over a dimension, ``x.sum(dim)``: a many-way sum of the slices along
+    ``dim`` (the paths of selective kernels and split attention). Its rule splits relevance over the slices as a
+    :py:class:`ResidualSum`'s over its operands, where the gradient would hand the full relevance to every slice.
+
+    Parameters
+    ----------
+    dim : int or tuple of int
+    keepdim : bool
+    """
+
+    def __init__(self, dim, keepdim: bool = False) -> None:
+        super().__init__()
+        self.dim, self.keepdim = dim, keepdim
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002 - the module's input
+        return input.sum(self.dim, keepdim=self.keepdim)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, keepdim={self.keepdim}"
+
+
 class GatedProduct(torch.nn.Module):
     """A multiplicative gate, ``features * gate``: squeeze-excitation, ECA and other ``x * sigmoid(...)`` attention.
 
@@ -152,6 +174,85 @@ class Elementwise(torch.nn.Module):
     def extra_repr(self) -> str:
         name = getattr(self.function, "__name__", repr(self.function))
         return ", ".join([name, *map(repr, self.args), *(f"{k}={v!r}" for k, v in self.kwargs.items())])
+
+
+class MatrixProduct(torch.nn.Module):
+    """A matrix product of two input-dependent tensors, neither of them attention weights: ``q @ k.transpose(-2, -1)``
+    (attention logits), or ``torch.einsum(equation, a, b)``.
+
+    Parameters
+    ----------
+    equation : str, optional
+        The einsum equation; None for ``a @ b``.
+    """
+
+    def __init__(self, equation: str | None = None) -> None:
+        super().__init__()
+        self.equation = equation
+
+    def forward(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+        return first @ second if self.equation is None else torch.einsum(self.equation, first, second)
+
+    def extra_repr(self) -> str:
+        return "" if self.equation is None else repr(self.equation)
+
+
+class AttentionProduct(MatrixProduct):
+    """Attention weights (a softmax's output, possibly reshaped) applied to values: ``weights @ values`` (or an einsum),
+    the weights given first. Its rule can hold the weights constant, so that relevance flows through the values."""
+
+    def forward(self, weights: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        return super().forward(weights, values)
+
+
+class Attention(torch.nn.Module):
+    """Scaled dot-product attention decomposed into modules the rules see: ``logits`` (``q @ k^T``, scaled, masked),
+    ``softmax`` and ``values`` (the weights applied to ``v``). Canonizers route ``F.scaled_dot_product_attention``
+    (and ``nn.MultiheadAttention``) through it; it computes what the fused call computes, up to float rounding.
+    Called as ``F.scaled_dot_product_attention`` is (dropout is not applied: attribution runs in eval mode)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.logits, self.softmax, self.values = MatrixProduct(), torch.nn.Softmax(-1), AttentionProduct()
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask=None,
+                dropout_p: float = 0.0, is_causal: bool = False, scale: float | None = None,
+                enable_gqa: bool = False) -> torch.Tensor:
+        if enable_gqa and key.shape[-3] != query.shape[-3]:  # grouped-query attention: heads share keys and values
+            repeat = query.shape[-3] // key.shape[-3]
+            key, value = key.repeat_interleave(repeat, -3), value.repeat_interleave(repeat, -3)
+        scale = query.shape[-1] ** -0.5 if scale is None else scale
+        logits = self.logits(query * scale, key.transpose(-2, -1))
+        if is_causal:
+            length, source = query.shape[-2], key.shape[-2]
+            attn_mask = torch.ones(length, source, dtype=torch.bool, device=query.device).tril()
+        if attn_mask is not None:
+            logits = logits.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool \
+                else logits + attn_mask
+        return self.values(self.softmax(logits), value)
+
+
+class TokenConcat(torch.nn.Module):
+    """A concatenation of input-dependent tensors with tensors that do not depend on the input (a class token,
+    distillation or register tokens: ``torch.cat([cls_token.expand(n, -1, -1), x], dim=1)``). The relevance its
+    constant operands receive ends on the model's own parameters: ``attribute`` reports it as absorbed.
+
+    Parameters
+    ----------
+    dim : int
+    constant : tuple of bool
+        Which operands do not depend on the input.
+    """
+
+    def __init__(self, dim: int = 0, constant: tuple = ()) -> None:
+        super().__init__()
+        self.dim, self.constant = dim, tuple(constant)
+
+    def forward(self, *operands: torch.Tensor) -> torch.Tensor:
+        return torch.cat(operands, self.dim)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, constant={self.constant}"
 
 
 class InputSize:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .layer import ResidualSum
+from .layer import ResidualSum, TokenConcat
 
 
 def _per_sample_sum(tensor: torch.Tensor) -> torch.Tensor:
@@ -128,3 +128,38 @@ class RelevanceRecorder:
             if output is not None and inputs:
                 records.append(ModuleRelevance(name, output, sum(inputs), joined(name, "skip")))
         return records
+
+
+class AbsorptionRecorder:
+    """Finds where relevance ends on the model's own tokens: the constant operands of every
+    :py:class:`~zennit_resnet_lrp.layer.TokenConcat` (a class token, distillation or register tokens), made leaves
+    during the forward pass so that the attribution can ask autograd for their relevance (:py:meth:`take`)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.modules = [module for module in model.modules() if isinstance(module, TokenConcat)]
+        self.handles: list = []
+        self.leaves: list[torch.Tensor] = []
+
+    def register(self) -> "AbsorptionRecorder":
+        self.handles = [module.register_forward_pre_hook(self._hook) for module in self.modules]
+        return self
+
+    def _hook(self, module, args):
+        args = list(args)
+        for index, constant in enumerate(module.constant):
+            if constant and isinstance(args[index], torch.Tensor) and torch.is_grad_enabled():
+                # a leaf of its own: the parameter behind it may not require gradients, and autograd computes only
+                # what is asked for
+                args[index] = args[index].detach().requires_grad_()
+                self.leaves.append(args[index])
+        return tuple(args)
+
+    def take(self) -> list[torch.Tensor]:
+        """The token leaves of the forward pass since the last call."""
+        leaves, self.leaves = self.leaves, []
+        return leaves
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []

@@ -34,6 +34,9 @@ class Attribution:
     untraced : list of (str, str, str)
         ``(name, class name, reason)`` of modules the residual canonizer could not trace (their additions and gates
         were not routed).
+    absorbed : torch.Tensor or None
+        Relevance that ended on the model's own tokens (class, distillation, register tokens) per sample, shape (N,):
+        ``total + absorbed`` is what a conserving method keeps of ``start``. None where the model has no such tokens.
     """
 
     relevance: torch.Tensor
@@ -42,6 +45,7 @@ class Attribution:
     output: torch.Tensor
     blocks: list[ModuleRelevance] | None = field(default=None)
     untraced: list[tuple[str, str, str]] = field(default_factory=list)
+    absorbed: torch.Tensor | None = field(default=None)
 
     @property
     def heatmap(self) -> torch.Tensor:
@@ -55,8 +59,9 @@ class Attribution:
 
     @property
     def conservation_error(self) -> torch.Tensor:
-        """``|total - start| / |start|`` per sample."""
-        return relative_error(self.total, self.start)
+        """``|total + absorbed - start| / |start|`` per sample."""
+        kept = self.total if self.absorbed is None else self.total + self.absorbed
+        return relative_error(kept, self.start)
 
     @property
     def probabilities(self) -> torch.Tensor:

@@ -140,6 +140,30 @@ class RelevanceSplit(RelevanceRule):
             result[index] = sign * operand * scaled
 
 
+class ReductionSplit(RelevanceSplit):
+    """Relevance Splitting at a :py:class:`~zennit_resnet_lrp.layer.SumOver`, the sum of the slices of one tensor along
+    a dimension: slice ``i`` gets ``|x_i| / sum_j |x_j|`` of ``R`` (ratio; an even split where all are 0) or ``1/n``
+    (symmetric). See :py:class:`RelevanceSplit` for the parameters (an identity skip does not arise)."""
+
+    keeps = (0,)
+
+    def relevance(self, module, inputs, relevance):
+        values = inputs[0]
+        dims = module.dim if isinstance(module.dim, (tuple, list)) else (module.dim,)
+        dims = tuple(sorted(dim % values.ndim for dim in dims))
+        if not module.keepdim:
+            for dim in dims:
+                relevance = relevance.unsqueeze(dim)
+        count = 1
+        for dim in dims:
+            count *= values.shape[dim]
+        if self.mode == "symmetric":
+            return relevance.expand_as(values) / count
+        magnitude = values.abs()
+        share = (magnitude / magnitude.sum(dims, keepdim=True)).nan_to_num_(nan=1 / count)
+        return share * relevance
+
+
 class PositiveProportional(RelevanceRule):
     """Proportional redistribution through a positive linear map ``f`` of the module:
     ``R_in = a * f^T(R / f(a))``, so every input gets the share it contributes to each output.

@@ -30,7 +30,8 @@ import torch.fx
 import torch.nn.functional as F
 
 from .layer import (
-    SLOT, Elementwise, FunctionalNorm, FunctionalPool, GatedProduct, InputSize, Product, ResidualSum, Scale,
+    SLOT, Attention, AttentionProduct, Elementwise, FunctionalNorm, FunctionalPool, GatedProduct, InputSize,
+    MatrixProduct, Product, ResidualSum, Scale, SumOver, TokenConcat,
 )
 from .types import activation_types, normalization_types
 
@@ -63,6 +64,10 @@ _ELEMENTWISE_FUNCTIONS = {operator.pow: torch.pow, torch.pow: torch.pow, torch.s
                           torch.clamp: torch.clamp, torch.clamp_min: torch.clamp_min, torch.abs: torch.abs}
 _ELEMENTWISE_METHODS = {"pow": torch.pow, "square": torch.square, "clamp": torch.clamp, "clamp_min": torch.clamp_min,
                         "abs": torch.abs}
+# matrix products of two tensors -> einsum equation (None: a matrix product)
+_MATRIX_FUNCTIONS = {operator.matmul: None, torch.matmul: None, torch.bmm: None}
+_MATRIX_METHODS = {"matmul": None, "bmm": None}
+_CONCATENATIONS = {torch.cat, torch.concat}
 _NORM_FUNCTIONS = {F.layer_norm, F.group_norm, F.batch_norm, F.instance_norm, F.local_response_norm, F.normalize,
                    *((F.rms_norm,) if hasattr(F, "rms_norm") else ())}
 
@@ -82,14 +87,18 @@ class Rewrite:
     children : dict of str to callable
         Name -> factory of each module the forward calls that the module does not have yet: one per routed
         addition, gate or functional operation.
+    constants : dict of str to tensor
+        Tensors the forward reads as attributes of the module (constants made in the forward while tracing).
     """
 
     forward: Callable
     children: dict[str, Callable[[], torch.nn.Module]] = field(default_factory=dict)
+    constants: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def install(self, module: torch.nn.Module) -> list[str]:
-        """Give ``module`` the new children and the new forward; return the children's names (to remove later). Raises
-        :py:class:`TraceFailure`, the module left as it was, where a child cannot be added."""
+        """Give ``module`` the new children, the tensor constants its new forward reads and the new forward; return
+        the names added (to remove later). Raises :py:class:`TraceFailure`, the module left as it was, where a child
+        cannot be added."""
         added = []
         try:
             for name, make in self.children.items():
@@ -99,8 +108,9 @@ class Rewrite:
             for name in added:
                 module._modules.pop(name, None)
             raise TraceFailure(f"could not add {name!r}: {type(error).__name__}: {error}") from None
+        module.__dict__.update(self.constants)
         module.__dict__["forward"] = types.MethodType(self.forward, module)
-        return added
+        return added + list(self.constants)
 
 
 class Route(NamedTuple):
@@ -203,26 +213,81 @@ def _is_identity(module: torch.nn.Module) -> bool:
 
 
 def rewrite(module: torch.nn.Module) -> Rewrite | None:
-    """The rewritten forward of ``module``, or None when its forward has nothing to route. Raises
-    :py:class:`TraceFailure` when the forward cannot be traced."""
-    graph = trace(module)
-    analysis = Analysis(module, graph)
-    names = _ChildNames(module)
-    for node in list(graph.nodes):
-        route = _route_sum(node, analysis) or _route_product(node, analysis) or _route_function(node, analysis)
-        if route is not None:
-            _insert(graph, node, route, names, analysis)
+    """The rewritten forward of ``module``, or None when its forward has nothing to route. A forward with optional
+    arguments (``mask=None``) is traced once for each of them given or None (code often branches on that), and the
+    rewritten forward picks the trace that fits each call. Raises :py:class:`TraceFailure` when no trace succeeds."""
+    names, variants, failure = _ChildNames(module), {}, None
+    for absent in _absences(module):
+        try:
+            graph, constants = trace(module, absent)
+        except TraceFailure as error:
+            failure = failure or error
+            continue
+        _route(graph, module, names)
+        variants[absent] = (graph, constants)
+    if not variants:
+        raise failure
     if not names.made:
         return None
-    return Rewrite(forward=_compile(graph, module), children=names.made)
+    forwards = {absent: _compile(graph, module) for absent, (graph, _) in variants.items()}
+    constants = {name: value for _, values in variants.values() for name, value in values.items()}
+    forward = next(iter(forwards.values())) if list(forwards) == [frozenset()] else _Variants(module, forwards)
+    return Rewrite(forward=forward, children=names.made, constants=constants)
 
 
-def trace(module: torch.nn.Module) -> torch.fx.Graph:
-    """The graph of ``module``'s own forward, children as leaves; raises :py:class:`TraceFailure`."""
+def _route(graph: torch.fx.Graph, module: torch.nn.Module, names: _ChildNames) -> None:
+    """Route every operation of ``graph`` that needs a module of its own."""
+    analysis = Analysis(module, graph)
+    for node in list(graph.nodes):
+        route = _route_sum(node, analysis) or _route_product(node, analysis) or _route_attention(node, analysis) \
+            or _route_function(node, analysis)
+        if route is not None:
+            _insert(graph, node, route, names, analysis)
+
+
+def _optional(module: torch.nn.Module) -> list[str]:
+    """The forward's parameters that default to None (at most three: each doubles the traces)."""
+    parameters = inspect.signature(type(module).forward).parameters.values()
+    return [p.name for p in parameters if p.default is None
+            and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)][:3]
+
+
+def _absences(module: torch.nn.Module) -> list[frozenset]:
+    """Each set of the optional arguments that a call may leave None, all given first."""
+    optional = _optional(module)
+    return [frozenset(name for bit, name in enumerate(optional) if mask >> bit & 1) for mask in range(2 ** len(optional))]
+
+
+class _Variants:
+    """A rewritten forward with a trace for each set of absent optional arguments: each call bound to the forward's
+    signature and run through the trace that fits (the module's own forward where none does)."""
+
+    def __init__(self, module: torch.nn.Module, forwards: dict) -> None:
+        self.signature = inspect.signature(type(module).forward)
+        self.optional, self.forwards = _optional(module), forwards
+
+    def __call__(self, module, *args, **kwargs):
+        bound = self.signature.bind(module, *args, **kwargs)
+        bound.apply_defaults()
+        absent = frozenset(name for name in self.optional if bound.arguments.get(name) is None)
+        forward = self.forwards.get(absent)
+        if forward is None:
+            return type(module).forward(module, *args, **kwargs)
+        return forward(*bound.args, **bound.kwargs)  # positional: a trace renames the arguments it fixed
+
+
+def trace(module: torch.nn.Module, absent: frozenset = frozenset()) -> tuple[torch.fx.Graph, dict]:
+    """The graph of ``module``'s own forward, children as leaves, with the optional arguments in ``absent`` fixed to
+    None; and the tensor constants it reads (which ``torch.fx`` puts on the module while tracing: taken off again).
+    Raises :py:class:`TraceFailure`."""
+    before = set(vars(module))
     try:
-        return _OwnForwardTracer().trace(module)
+        graph = _OwnForwardTracer().trace(module, concrete_args={name: None for name in absent} or None)
     except Exception as error:  # tracing fails in many ways (TraceError, TypeError, NotImplementedError, ...)
         raise TraceFailure(f"{type(error).__name__}: {' '.join(str(error).split())[:200]}") from None
+    finally:
+        added = {key: module.__dict__.pop(key) for key in set(vars(module)) - before}
+    return graph, added
 
 
 class Analysis:
@@ -236,11 +301,15 @@ class Analysis:
         for index, node in enumerate(graph.nodes):
             self.order[node] = index
             self.ancestors[node] = frozenset({node}).union(*(self.ancestors[n] for n in node.all_input_nodes))
-        self.dependent = {node for node in graph.nodes
-                          if any(a.op == "placeholder" for a in self.ancestors[node])}
+        self.dependent: set[Node] = set()  # nodes whose values (not just sizes) come from the module's inputs
+        for node in graph.nodes:
+            if node.op == "placeholder" or not _reads_size(node) and any(
+                    item in self.dependent for item in node.all_input_nodes):
+                self.dependent.add(node)
         self.sizes = {name: _size(child) for name, child in module.named_modules() if name}
         self.identities = {name for name, child in module.named_modules() if name and _is_identity(child)}
         self.sums: dict[Node, tuple[str, tuple, tuple]] = {}  # routed sum -> (child name, operands, signs)
+        self.kinds: dict[Node, str] = {}  # routed node -> what it was routed through (its child's base name)
 
     def passes_through(self, node: Node) -> bool:
         """Whether ``node`` calls a child that is the identity."""
@@ -301,6 +370,7 @@ def _insert(graph: torch.fx.Graph, node: Node, route: Route, names: _ChildNames,
     graph.erase_node(node)
     for merged in route.merged:
         graph.erase_node(merged)
+    analysis.kinds[routed] = route.base
     if route.base == "residual_sum":
         analysis.sums[routed] = (name, route.operands, route.signs)
 
@@ -366,7 +436,7 @@ def _route_product(node: Node, analysis: Analysis) -> Route | None:
     if kind == "div":
         return Route("scale", lambda: Scale(divide=True), (first, second)) if dependent[0] else None
     if dependent == [True, True]:
-        gates = [_is_gate(operand, analysis.module) for operand in (first, second)]
+        gates = [_is_gate(operand, analysis.module, analysis.kinds) for operand in (first, second)]
         if gates.count(True) == 1:
             gate, features = (first, second) if gates[0] else (second, first)
             return Route("gated_product", GatedProduct, (features, gate))
@@ -375,6 +445,86 @@ def _route_product(node: Node, analysis: Analysis) -> Route | None:
         return None
     scaled, factor = (first, second) if dependent[0] else (second, first)
     return Route("scale", Scale, (scaled, factor))
+
+
+def _route_attention(node: Node, analysis: Analysis) -> Route | None:
+    """What attention is made of: a matrix product (``@``, ``matmul``, ``bmm``, ``einsum``) of two input-dependent
+    tensors (attention weights and values when one of them is a softmax's output: given first, the equation
+    reordered), fused scaled dot-product attention (decomposed), a softmax, and a concatenation of input-dependent
+    tensors with tokens of the model's own (a class token)."""
+    if node.op not in ("call_function", "call_method"):
+        return None
+    if node.op == "call_function" and node.target is F.scaled_dot_product_attention:
+        return _route_fused_attention(node, analysis)
+    if node.op == "call_function" and node.target in _CONCATENATIONS:
+        return _route_tokens(node, analysis)
+    if node.target in ("softmax",) or node.target in (torch.softmax, F.softmax):
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        if node.args and node.args[0] in analysis.dependent and isinstance(dim, int) and len(node.args) <= 2 \
+                and set(node.kwargs) <= {"dim"}:
+            return Route("softmax", lambda: torch.nn.Softmax(dim), (node.args[0],))
+        return None
+    equation, operands = _matrix_operands(node)
+    if operands is None or not all(isinstance(o, Node) and o in analysis.dependent for o in operands):
+        return None
+    gates = [_is_gate(operand, analysis.module, analysis.kinds) for operand in operands]
+    if gates[0] or gates[1] and equation is not None:
+        if not gates[0]:
+            operands, equation = operands[::-1], _swapped(equation)
+        return Route("attention_product", lambda: AttentionProduct(equation), operands)
+    return Route("matrix_product", lambda: MatrixProduct(equation), operands)
+
+
+def _matrix_operands(node: Node) -> tuple[str | None, tuple | None]:
+    """``(einsum equation or None, (a, b))`` of a product of two tensors, else ``(None, None)``."""
+    if node.kwargs:
+        return None, None
+    if node.op == "call_function" and node.target is torch.einsum and len(node.args) == 3 \
+            and isinstance(node.args[0], str) and node.args[0].count(",") == 1 and "->" in node.args[0]:
+        return node.args[0].replace(" ", ""), tuple(node.args[1:])
+    table = _MATRIX_FUNCTIONS if node.op == "call_function" else _MATRIX_METHODS
+    try:
+        if node.target in table and len(node.args) == 2:
+            return None, tuple(node.args)
+    except TypeError:  # an unhashable target
+        pass
+    return None, None
+
+
+def _swapped(equation: str) -> str:
+    """An einsum equation of two operands with the operands' order reversed."""
+    inputs, output = equation.split("->")
+    first, second = inputs.split(",")
+    return f"{second},{first}->{output}"
+
+
+# F.scaled_dot_product_attention's parameters after query, key and value, with their defaults
+_ATTENTION_PARAMETERS = (("attn_mask", None), ("dropout_p", 0.0), ("is_causal", False), ("scale", None),
+                         ("enable_gqa", False))
+
+
+def _route_fused_attention(node: Node, analysis: Analysis) -> Route | None:
+    """``F.scaled_dot_product_attention(q, k, v, ...)``: through an :py:class:`Attention` that decomposes it."""
+    if len(node.args) < 3 or not all(isinstance(o, Node) for o in node.args[:3]) \
+            or set(node.kwargs) - {name for name, _ in _ATTENTION_PARAMETERS}:
+        return None
+    rest = list(node.args[3:])
+    arguments = [rest[index] if index < len(rest) else node.kwargs.get(name, default)
+                 for index, (name, default) in enumerate(_ATTENTION_PARAMETERS)]
+    return Route("attention", Attention, (*node.args[:3], *arguments))
+
+
+def _route_tokens(node: Node, analysis: Analysis) -> Route | None:
+    """``torch.cat([...], dim)`` of input-dependent tensors and tensors of the model's own (tokens)."""
+    operands = node.args[0] if node.args else node.kwargs.get("tensors")
+    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+    if not isinstance(operands, (list, tuple)) or not all(isinstance(o, Node) for o in operands) \
+            or not isinstance(dim, int):
+        return None
+    constant = tuple(o not in analysis.dependent for o in operands)
+    if all(constant) or not any(constant):
+        return None
+    return Route("tokens", lambda: TokenConcat(dim, constant), tuple(operands))
 
 
 def _route_function(node: Node, analysis: Analysis) -> Route | None:
@@ -388,6 +538,8 @@ def _route_function(node: Node, analysis: Analysis) -> Route | None:
         activation = _ACTIVATION_METHODS[node.target]
     elif node.op == "call_function" and node.target in _NORM_FUNCTIONS:
         return _route_norm(node)
+    elif node.op == "call_function" and node.target is torch.sum or node.op == "call_method" and node.target == "sum":
+        return _route_reduction(node)
     elif node.op == "call_function" and node.target in _ELEMENTWISE_FUNCTIONS \
             or node.op == "call_method" and node.target in _ELEMENTWISE_METHODS:
         return _route_elementwise(node)
@@ -397,6 +549,15 @@ def _route_function(node: Node, analysis: Analysis) -> Route | None:
     if any(isinstance(value, Node) for value in (*args, *kwargs.values())):
         return None
     return Route(activation.__name__.lower(), lambda: activation(*args, **kwargs), (node.args[0],))
+
+
+def _route_reduction(node: Node) -> Route | None:
+    """A sum over given dimensions (not over everything: that is a scalar, no classifier's output)."""
+    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+    if dim is None or _holds_node(dim) or _holds_node(keepdim):
+        return None
+    return Route("sum", lambda: SumOver(dim, keepdim), (node.args[0],))
 
 
 def _route_elementwise(node: Node) -> Route | None:
@@ -444,13 +605,15 @@ def _route_pool(node: Node) -> Route | None:
     return Route("pool", lambda: FunctionalPool(function, args, kwargs), (source,))
 
 
-def _is_gate(node: Node, module: torch.nn.Module) -> bool:
-    """Whether ``node`` is the output of a sigmoid-like gate, possibly reshaped."""
-    while node.op == "call_method" and node.target in _SHAPE_METHODS or \
-            node.op == "call_function" and node.target in _SHAPE_FUNCTIONS:
-        node = node.args[0]
-        if not isinstance(node, Node):
-            return False
+def _is_gate(node: Node, module: torch.nn.Module, kinds: dict | None = None) -> bool:
+    """Whether ``node`` is the output of a sigmoid-like gate or a softmax (values in [0, 1] by construction), possibly
+    reshaped or dropped out: a function, a method, a gate module, a child whose own forward ends in one, or a node
+    this rewrite routed through a softmax (``kinds``)."""
+    node = _through_reshapes(node, module)
+    if node is None:
+        return False
+    if kinds and kinds.get(node) == "softmax":
+        return True
     if node.op == "call_function":
         return node.target in _GATE_FUNCTIONS
     if node.op == "call_method":
@@ -461,8 +624,60 @@ def _is_gate(node: Node, module: torch.nn.Module) -> bool:
         except AttributeError:  # a child this rewrite adds (an activation, a pool): not a gate
             return False
         name = type(child).__name__.lower()
-        return isinstance(child, _GATE_MODULES) or "sigmoid" in name or "gate" in name
+        return isinstance(child, _GATE_MODULES) or any(word in name for word in ("sigmoid", "gate", "softmax")) \
+            or _ends_in_gate(child)
     return False
+
+
+def _through_reshapes(node: Node, module: torch.nn.Module) -> Node | None:
+    """``node`` with reshapes and passive children (dropout, identity) looked through; None where a reshape's input is
+    not a node."""
+    while True:
+        if node.op == "call_method" and node.target in _SHAPE_METHODS or \
+                node.op == "call_function" and node.target in _SHAPE_FUNCTIONS:
+            node = node.args[0]
+        elif node.op == "call_module" and type(_child(module, node.target)).__name__ in _PASSIVE_CHILDREN:
+            node = node.args[0]
+        else:
+            return node
+        if not isinstance(node, Node):
+            return None
+
+
+_PASSIVE_CHILDREN = {"Dropout", "Identity", "DropPath", "Dropout1d", "Dropout2d"}
+
+
+def _child(module: torch.nn.Module, target: str) -> torch.nn.Module | None:
+    try:
+        return module.get_submodule(target)
+    except AttributeError:
+        return None
+
+
+def _ends_in_gate(child: torch.nn.Module) -> bool:
+    """Whether a child module's own forward returns a gate's output (selective kernels' and split attention's
+    softmax over paths, computed in a module of their own)."""
+    if not traceable(child):
+        return False
+    try:
+        graph, _ = trace(child)
+    except TraceFailure:
+        return False
+    output = next(node for node in graph.nodes if node.op == "output").args[0]
+    return isinstance(output, Node) and _is_gate(output, child)
+
+
+_SIZE_METHODS = {"size", "dim", "numel", "ndimension", "get_device"}
+_SIZE_ATTRIBUTES = {"shape", "ndim", "dtype", "device", "is_cuda"}
+
+
+def _reads_size(node: Node) -> bool:
+    """Whether ``node`` reads a tensor's size, dtype or device, not its values (``x.shape[0]``, ``x.size(1)``): what is
+    computed from it does not depend on the input's values (a class token expanded to the batch's size)."""
+    if node.op == "call_method":
+        return node.target in _SIZE_METHODS
+    return node.op == "call_function" and node.target is getattr and len(node.args) > 1 \
+        and node.args[1] in _SIZE_ATTRIBUTES
 
 
 def _holds_node(value) -> bool:
