@@ -71,9 +71,12 @@ def evaluate_command(run, dataset, dataset_root, method_list, protocol, per_clas
     outcome = run_evaluation(request, _EvaluationProgress, announce)
     if outcome.table:
         click.echo(outcome.markdown)
+    # a method named that does not apply to the model is an error; with --methods all, a note
+    for model_id, method, reason in outcome.inapplicable:
+        click.echo(f"{'note' if methods == 'all' else 'error'}: {method} on {model_id}: {reason}", err=True)
     for path, reason in outcome.failures:
         click.echo(f"error: {reason}", err=True)
-    if outcome.failures:
+    if outcome.failures or outcome.inapplicable and methods != "all":
         sys.exit(1)
 
 

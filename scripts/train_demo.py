@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from zennit_resnet_lrp.application.demo import (  # noqa: E402
-    DATA, DIGITS, demo_basic, demo_bottleneck, demo_convnext, mnist_split,
+    DATA, DIGITS, demo_basic, demo_bottleneck, demo_convnext, demo_vit, mnist_split,
 )
 
 SEED = 0
@@ -84,7 +84,9 @@ def write_digits(held_out) -> None:
             Image.fromarray(pixels[index, 0]).save(DIGITS / f"{index:04d}_label{digit}.png")
 
 
-MODELS = {"demo-mnist": demo_basic, "demo-mnist-bottleneck": demo_bottleneck, "demo-mnist-convnext": demo_convnext}
+MODELS = {"demo-mnist": demo_basic, "demo-mnist-bottleneck": demo_bottleneck, "demo-mnist-convnext": demo_convnext,
+          "demo-mnist-vit": demo_vit}
+EPOCHS = {"demo-mnist-vit": 60}  # a transformer learns slowly from 4,000 digits
 
 
 def main() -> None:
@@ -97,7 +99,7 @@ def main() -> None:
     path = DATA / "demo-metrics.json"
     metrics = json.loads(path.read_text()) if path.exists() else {}
     for name in args.models.split(","):
-        metrics[name] = {"held_out_accuracy": train(MODELS[name], name, train_set, held_out)}
+        metrics[name] = {"held_out_accuracy": train(MODELS[name], name, train_set, held_out, EPOCHS.get(name, 20))}
     path.write_text(json.dumps(metrics, indent=2) + "\n")
     print(json.dumps(metrics))
 

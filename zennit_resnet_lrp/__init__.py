@@ -14,12 +14,16 @@ from .composites import (
 )
 from .conservation import DEFAULT_TOLERANCE, ConservationReport, ConservationWarning, Place, Violation
 from .core import RelevanceRule
-from .layer import FunctionalPool, GatedProduct, ResidualSum
+from .attention import AttentionValues, BilinearSplit, SoftmaxRule
+from .layer import (
+    Attention, AttentionProduct, Elementwise, FunctionalNorm, FunctionalPool, GatedProduct, MatrixProduct, Product,
+    ResidualSum, Scale, SumOver, TokenConcat,
+)
 from .recording import ModuleRelevance, RelevanceRecorder
 from .results import Attribution, relative_error
 from .rules import (
     FlatInputZPlus, GateAsWeight, MaxPoolAverageStandIn, MaxPoolProportional, MaxPoolWinnerTakesAll, PassThrough,
-    PoolProportional, PositiveProportional, RelevanceSplit, ZPlus,
+    PoolProportional, PositiveProportional, ReductionSplit, RelevanceSplit, UniformSplit, ZPlus,
 )
 from .snapshot import ModelSnapshot, evaluating
 from .tracing import TraceCache

@@ -13,6 +13,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 from zennit.canonizers import Canonizer
 from zennit.types import BatchNorm, Linear
 
+from . import windows
 from .layer import Attention, ResidualSum
 from .snapshot import ModelSnapshot
 from .tracing import TraceCache, TraceFailure, may_add_or_gate, trace, traceable, whole_layers
@@ -189,6 +190,10 @@ class ResidualCanonizer(Canonizer):
                 instances.append(instance)
             elif isinstance(module, torch.nn.MultiheadAttention) and "forward" not in module.__dict__:
                 instances += self._decomposed(name, module)
+            elif windows.is_shifted_window_attention(module) and "forward" not in module.__dict__:
+                instance = self.copy()
+                instance.module, instance.added = module, windows.decompose(module)
+                instances.append(instance)
             elif self.trace and traceable(module, whole) and "forward" not in module.__dict__:
                 # (an instance forward is someone else's rewrite: left alone)
                 instances += self._rewritten(name, module)

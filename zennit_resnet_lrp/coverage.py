@@ -13,7 +13,7 @@ PASSIVE = {
     "Unflatten", "ZeroPad1d", "ZeroPad2d", "ZeroPad3d", "ConstantPad1d", "ConstantPad2d", "ConstantPad3d",
     "ReflectionPad1d", "ReflectionPad2d", "ReplicationPad2d", "PixelShuffle", "PixelUnshuffle", "ChannelShuffle",
     "Permute", "StochasticDepth", "DropPath", "DropBlock2d", "PatchDropout", "Format", "Sequential", "ModuleList",
-    "ModuleDict", "TokenConcat",
+    "ModuleDict", "TokenConcat", "Token",
     # attention's softmax: its output, the attention weights, gets no relevance under the conservative rules
     "Softmax",
 }

@@ -255,6 +255,15 @@ class TokenConcat(torch.nn.Module):
         return f"dim={self.dim}, constant={self.constant}"
 
 
+class Token(torch.nn.Module):
+    """A tensor of the model's own (a class token, expanded to the batch) handed to a child module as an argument
+    (CaiT's class-attention blocks take the class token so). The identity; the relevance it receives ends on the
+    model's parameters: ``attribute`` reports it as absorbed."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002 - the module's input
+        return input
+
+
 class InputSize:
     """An argument of a functional operation read off its input at call time: ``input.shape[dim]`` (as in
     ``F.avg_pool2d(x, x.size(3))``)."""

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .layer import ResidualSum, TokenConcat
+from .layer import ResidualSum, Token, TokenConcat
 
 
 def _per_sample_sum(tensor: torch.Tensor) -> torch.Tensor:
@@ -132,11 +132,12 @@ class RelevanceRecorder:
 
 class AbsorptionRecorder:
     """Finds where relevance ends on the model's own tokens: the constant operands of every
-    :py:class:`~zennit_resnet_lrp.layer.TokenConcat` (a class token, distillation or register tokens), made leaves
+    :py:class:`~zennit_resnet_lrp.layer.TokenConcat` (a class token, distillation or register tokens) and the input of
+    every :py:class:`~zennit_resnet_lrp.layer.Token`, made leaves
     during the forward pass so that the attribution can ask autograd for their relevance (:py:meth:`take`)."""
 
     def __init__(self, model: torch.nn.Module) -> None:
-        self.modules = [module for module in model.modules() if isinstance(module, TokenConcat)]
+        self.modules = [module for module in model.modules() if isinstance(module, (TokenConcat, Token))]
         self.handles: list = []
         self.leaves: list[torch.Tensor] = []
 
@@ -146,7 +147,7 @@ class AbsorptionRecorder:
 
     def _hook(self, module, args):
         args = list(args)
-        for index, constant in enumerate(module.constant):
+        for index, constant in enumerate(getattr(module, "constant", (True,))):  # a Token: its one input
             if constant and isinstance(args[index], torch.Tensor) and torch.is_grad_enabled():
                 # a leaf of its own: the parameter behind it may not require gradients, and autograd computes only
                 # what is asked for

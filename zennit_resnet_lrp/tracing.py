@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from .layer import (
     SLOT, Attention, AttentionProduct, Elementwise, FunctionalNorm, FunctionalPool, GatedProduct, InputSize,
-    MatrixProduct, Product, ResidualSum, Scale, SumOver, TokenConcat,
+    MatrixProduct, Product, ResidualSum, Scale, SumOver, Token, TokenConcat,
 )
 from .types import activation_types, normalization_types
 
@@ -243,6 +243,51 @@ def _route(graph: torch.fx.Graph, module: torch.nn.Module, names: _ChildNames) -
             or _route_function(node, analysis)
         if route is not None:
             _insert(graph, node, route, names, analysis)
+        elif node.op == "call_module":
+            _mark_tokens(graph, node, names, analysis)
+        elif node.op == "call_function" and node.target is F.linear:
+            _linear_through_child(graph, node, analysis)
+
+
+def _linear_through_child(graph: torch.fx.Graph, node: Node, analysis: Analysis) -> None:
+    """``F.linear(x, self.layer.weight, bias)`` with a linear child's own weight (BEiT's and others' attention add a
+    bias of their own): the child called on ``x``, its own bias swapped for the given one as constants, so that the
+    child's rule applies and the output stays the same."""
+    args = dict(zip(("input", "weight", "bias"), node.args), **node.kwargs)
+    weight, source = args.get("weight"), args.get("input")
+    if not (isinstance(weight, Node) and weight.op == "get_attr" and weight.target.endswith(".weight")
+            and isinstance(source, Node) and source in analysis.dependent):
+        return
+    owner = weight.target[:-len(".weight")]
+    child = _child(analysis.module, owner)
+    if not isinstance(child, torch.nn.Linear):
+        return
+    bias = args.get("bias")
+    with graph.inserting_before(node):
+        routed = graph.call_module(owner, (source,))
+        if child.bias is not None:
+            routed = graph.call_function(operator.sub, (routed, graph.get_attr(f"{owner}.bias")))
+        if bias is not None:
+            routed = graph.call_function(operator.add, (routed, bias))
+    analysis.replace(node, routed)
+    node.replace_all_uses_with(routed)
+    graph.erase_node(node)
+
+
+def _mark_tokens(graph: torch.fx.Graph, node: Node, names: _ChildNames, analysis: Analysis) -> None:
+    """A child called with a tensor of the model's own besides the input-dependent ones (a class token handed to a
+    block): that argument through a :py:class:`Token`, which reports the relevance it takes."""
+    if not any(isinstance(arg, Node) and arg in analysis.dependent for arg in node.args):
+        return
+    args = list(node.args)
+    for index, arg in enumerate(args):
+        if isinstance(arg, Node) and arg not in analysis.dependent and not _reads_size(arg) \
+                and any(item.op == "get_attr" for item in analysis.ancestors[arg]):
+            name = names.new("token", Token)
+            with graph.inserting_before(node):
+                args[index] = graph.call_module(name, (arg,))
+            analysis.ancestors[args[index]] = analysis.ancestors[arg] | {args[index]}
+    node.args = tuple(args)
 
 
 def _optional(module: torch.nn.Module) -> list[str]:
@@ -634,7 +679,7 @@ def _through_reshapes(node: Node, module: torch.nn.Module) -> Node | None:
     not a node."""
     while True:
         if node.op == "call_method" and node.target in _SHAPE_METHODS or \
-                node.op == "call_function" and node.target in _SHAPE_FUNCTIONS:
+                node.op == "call_function" and (node.target in _SHAPE_FUNCTIONS or node.target in _DROPOUTS):
             node = node.args[0]
         elif node.op == "call_module" and type(_child(module, node.target)).__name__ in _PASSIVE_CHILDREN:
             node = node.args[0]
@@ -645,6 +690,7 @@ def _through_reshapes(node: Node, module: torch.nn.Module) -> Node | None:
 
 
 _PASSIVE_CHILDREN = {"Dropout", "Identity", "DropPath", "Dropout1d", "Dropout2d"}
+_DROPOUTS = {F.dropout, F.dropout1d, F.dropout2d, torch.dropout}
 
 
 def _child(module: torch.nn.Module, target: str) -> torch.nn.Module | None:

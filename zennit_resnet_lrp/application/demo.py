@@ -1,5 +1,5 @@
-"""Small classifiers built from torchvision's own blocks (two ResNets, of BasicBlocks and of Bottlenecks, and a
-ConvNeXt), trained on MNIST digits and shipped with the package (``scripts/train_demo.py`` trains them), with
+"""Small classifiers built from torchvision's own blocks (two ResNets, of BasicBlocks and of Bottlenecks, a ConvNeXt
+and a vision transformer), trained on MNIST digits and shipped with the package (``scripts/train_demo.py`` trains them), with
 held-out digits to explain offline."""
 from __future__ import annotations
 
@@ -75,6 +75,17 @@ class SmallConvNeXt(torch.nn.Sequential):
         super().__init__(*layers)
 
 
+def demo_vit(num_classes: int = 10) -> torch.nn.Module:
+    """A vision transformer for 1x28x28 digits, torchvision's own ``VisionTransformer``: 4x4 patches (49 tokens and a
+    class token), four blocks of width 64 with four heads (``nn.MultiheadAttention``), a linear head."""
+    from torchvision.models import VisionTransformer
+
+    model = VisionTransformer(image_size=28, patch_size=4, num_layers=4, num_heads=4, hidden_dim=64, mlp_dim=128,
+                              num_classes=num_classes)
+    model.conv_proj = torch.nn.Conv2d(1, 64, 4, 4)  # one channel: digits
+    return model
+
+
 def demo_convnext(num_classes: int = 10) -> SmallConvNeXt:
     return SmallConvNeXt(num_classes=num_classes)
 
@@ -108,6 +119,7 @@ DEMO_MODELS: dict[str, DemoModel] = {
     "demo-mnist-convnext": DemoModel(
         demo_convnext, str(DATA / "demo-mnist-convnext.pt"), MNIST_PREPROCESSING, DIGIT_NAMES
     ),
+    "demo-mnist-vit": DemoModel(demo_vit, str(DATA / "demo-mnist-vit.pt"), MNIST_PREPROCESSING, DIGIT_NAMES),
 }
 DEFAULT_DEMO = "demo-mnist"
 

@@ -50,7 +50,8 @@ class ExplainOptions:
 
 @dataclass
 class Explained:
-    """One explained (image, method, target): what the summary holds. Baselines have no relevance sum."""
+    """One explained (image, method, target): what the summary holds. Baselines have no relevance sum; ``absorbed`` is
+    the relevance the model's own tokens took (a vision transformer's class token), None where it has none."""
 
     image: str
     method: str
@@ -62,6 +63,7 @@ class Explained:
     probability: float
     start: float | None
     relevance_sum: float | None
+    absorbed: float | None
     conservation_error: float | None
     heatmap: str
     overlay: str | None = None
@@ -265,6 +267,7 @@ def _write_image(run: _Run, done: _Done, image: _Image, index: int) -> Explained
         predicted_name=loaded.category(predicted), probability=float(probabilities[predicted]),
         start=None if result is None else float(result.start[index]),
         relevance_sum=None if result is None else float(result.total[index]),
+        absorbed=None if result is None or result.absorbed is None else float(result.absorbed[index]),
         conservation_error=None if result is None else float(result.conservation_error[index]),
         **{key: str(value) for key, value in files.items()},
     )

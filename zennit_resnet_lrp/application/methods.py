@@ -231,6 +231,46 @@ def _captum(kind: str, positive: bool = False) -> MethodFunction:
     return run
 
 
+def _attention_rollout(model, inputs, targets, context):
+    """Attention rollout (Abnar & Zuidema 2020): each block's attention weights averaged over heads, the identity added
+    for the residual path (``0.5 A + 0.5 I``), rows normalised, multiplied from the first block to the last; the class
+    token's row (the mean row without one) over the patch tokens, upsampled to the image. Independent of the target."""
+    from zennit.core import Composite
+
+    from ..canonizers import ResidualCanonizer
+    from ..layer import AttentionProduct
+
+    weights = []
+    composite = Composite(module_map=lambda ctx, name, module: None, canonizers=[ResidualCanonizer(cache=context.cache)])
+    with evaluating(model), composite.context(model), torch.no_grad():
+        products = [module for module in model.modules() if isinstance(module, AttentionProduct)]
+        if not products:
+            raise MethodError(f"attention_rollout needs attention; found none in {type(model).__name__}")
+        handles = [module.register_forward_pre_hook(lambda module, args: weights.append(args[0].detach()))
+                   for module in products]
+        try:
+            model(inputs)
+        finally:
+            for handle in handles:
+                handle.remove()
+    rollout = None
+    for attention in weights:
+        if attention.ndim != 4 or attention.shape[0] != inputs.shape[0] or attention.shape[-1] != attention.shape[-2]:
+            continue  # windowed attention (windows in the batch dimension): not a token-to-token map of the image
+        averaged = attention.mean(1)
+        step = 0.5 * averaged + 0.5 * torch.eye(averaged.shape[-1], dtype=averaged.dtype, device=averaged.device)
+        step = step / step.sum(-1, keepdim=True)
+        rollout = step if rollout is None or rollout.shape != step.shape else step @ rollout
+    if rollout is None:
+        raise MethodError(f"attention_rollout needs global attention over tokens; {type(model).__name__} has none")
+    tokens = rollout.shape[-1]
+    side = int(tokens ** 0.5)
+    prefix = tokens - side * side
+    row = rollout[:, 0] if prefix else rollout.mean(1)
+    grid = row[:, prefix:].reshape(-1, 1, side, side)
+    return torch.nn.functional.interpolate(grid, size=inputs.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+
+
 def _random(model, inputs, targets, context):
     generators = context.generators(inputs.shape[0])
     return torch.stack([torch.rand(inputs.shape[2:], generator=g, dtype=inputs.dtype) for g in generators]) \
@@ -275,6 +315,8 @@ BASELINES = [
     Method("smoothgrad", "baseline", "zennit-resnet-lrp", "SmoothGrad (zennit's formula), 16 samples, noise 0.1, "
            "seeded per image", _smoothgrad()),
     *_captum_methods(),
+    Method("attention_rollout", "baseline", "zennit-resnet-lrp", "attention rollout (Abnar and Zuidema 2020), "
+           "vision transformers only", _attention_rollout),
     Method("gradcam", "baseline", "grad-cam", "Grad-CAM on layer4[-1], upsampled", _cam("gradcam")),
     Method("scorecam", "baseline", "grad-cam", "Score-CAM on layer4[-1], upsampled", _cam("scorecam")),
     Method("random", "baseline", "zennit-resnet-lrp", "a uniform random map, seeded per image: the floor", _random),

@@ -132,6 +132,7 @@ class _Job:
     writer: RowWriter
     samples: Sequence[Sample]
     failures: list
+    inapplicable: list
     cache: TraceCache = field(default_factory=TraceCache)
 
 
@@ -142,30 +143,30 @@ def evaluate(
     output: Path,
     shard: Shard = Shard(),
     progress: Callable[[int], None] | None = None,
-) -> tuple[int, list[tuple[str, str]]]:
+) -> tuple[int, list[tuple[str, str]], list[tuple[str, str, str]]]:
     """Score this shard's ``samples`` (``samples[rank::world]``) with every method on every model, appending one JSON
     line per (model, image, method) to ``output/scores[.rankR].jsonl`` as soon as it is known; rows already in
     ``output`` are skipped, so an interrupted run resumes where it stopped.
 
     Returns
     -------
-    (rows written, failures as (image or "model, method", reason)): an image that cannot be read, a method that does
-    not apply to a model (the others are scored all the same)
+    (rows written, failures as (image, reason), inapplicable as (model id, method, reason)): images that cannot be
+    read, methods that do not apply to a model (the others are scored all the same)
     """
     method_names(settings.methods)  # unknown names fail before any work
     done = {(row["model"], row["image"], row["method"]) for row in read_rows(output)}
     mine = list(samples)[shard.rank::shard.world]
     path = output / ("scores.jsonl" if shard.world == 1 else f"scores.rank{shard.rank}.jsonl")
-    written, failures = 0, []
+    written, failures, inapplicable = 0, [], []
     with closing(RowWriter(path)) as writer:
         for model_id, loaded in models:
-            job = _Job(model_id, loaded, settings, done, writer, mine, failures)
+            job = _Job(model_id, loaded, settings, done, writer, mine, failures, inapplicable)
             for begin in range(0, len(mine), settings.images_per_step):
                 chunk = mine[begin:begin + settings.images_per_step]
                 written += _score_chunk(job, chunk)
                 if progress is not None:
                     progress(len(chunk))
-    return written, failures
+    return written, failures, inapplicable
 
 
 def _score_chunk(job: _Job, chunk: Sequence[Sample]) -> int:
@@ -203,7 +204,7 @@ def _score_images(job: _Job, samples: Sequence[Sample], pixels: torch.Tensor) ->
         try:
             maps = get_method(name).run(job.loaded.model, inputs[index], targets[index], context).detach()
         except MethodError as error:  # a method that does not apply to this model: said once, the others go on
-            job.failures.append((f"{job.model_id}, {name}", str(error)))
+            job.inapplicable.append((job.model_id, name, str(error)))
             job.done.update((job.model_id, str(sample.path), name) for sample in job.samples)
             continue
         maps = settings.protocol.flat_maps(maps, levels)

@@ -76,13 +76,15 @@ class EvaluationRequest:
 @dataclass
 class EvaluationOutcome:
     """What a run produced: the table (each method's means and std over this run's rows; empty on a shard other
-    than the leader), the rows and the images that failed."""
+    than the leader), the rows, the images that failed and the methods that do not apply to a model (model id,
+    method, reason)."""
 
     table: list[dict]
     rows: list[dict]
     failures: list[tuple[str, str]]
     images: int
     models: int
+    inapplicable: list[tuple[str, str, str]] = field(default_factory=list)
 
     @property
     def markdown(self) -> str:
@@ -111,15 +113,16 @@ def run_evaluation(request: EvaluationRequest, progress: Progress | None = None,
                          f"{f' over {shard.world} processes' if shard.world > 1 else ''} -> {request.output}")
             total = len(samples[shard.rank::shard.world]) * len(models)
             with (progress(total) if progress is not None and shard.leader else nullcontext(None)) as update:
-                _, failures = evaluate(models, samples, settings, request.output, shard, update)
+                _, failures, inapplicable = evaluate(models, samples, settings, request.output, shard, update)
             shard.barrier()
             if not shard.leader:
-                return EvaluationOutcome([], [], failures, len(samples), len(models))
+                return EvaluationOutcome([], [], failures, len(samples), len(models), inapplicable)
             rows = _rows_of(request.output, [model_id for model_id, _ in models], samples, names)
-            table = summarize(rows, names) if rows else []
+            scored = [name for name in names if any(row["method"] == name for row in rows)]
+            table = summarize(rows, scored) if rows else []
             if rows:
                 _write_results(request, table, rows)
-    return EvaluationOutcome(table, rows, failures, len(samples), len(models))
+    return EvaluationOutcome(table, rows, failures, len(samples), len(models), inapplicable)
 
 
 def _load_models(spec: ModelSpec, weights: Sequence[str | None]) -> list[tuple[str, LoadedModel]]:
