@@ -42,7 +42,7 @@ from .progress import Progress
 @click.option("--plot", is_flag=True, help="Also draw the mean curves to curves.png (needs matplotlib).")
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path),
               default=Path("resnet-lrp-eval"), show_default=True)
-def evaluate_command(run, dataset, dataset_root, method_list, protocol, per_class, limit, step, points, patch_size,
+def evaluate_command(run, *, dataset, dataset_root, method_list, protocol, per_class, limit, step, points, patch_size,
                      baseline, strict, heat_quantization, hq_level, explain_target, images_per_step, plot, output):
     """Insertion / Deletion / ID of several methods; per-image scores are written as they come and a rerun with the
     same options resumes (another configuration is refused). Under `torchrun --nproc_per_node N` the images are

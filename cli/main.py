@@ -128,7 +128,7 @@ def _explain_methods(run: RunOptions, methods: str | None) -> list[str]:
 @click.option("--strict", is_flag=True, help="Exit with status 1 when relevance was not conserved.")
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), default=Path("resnet-lrp-out"),
               show_default=True)
-def explain(images, run, method_list, target, top_k, start_with, heat_quantization, hq_level, normalize, sign, cmap,
+def explain(images, run, *, method_list, target, top_k, start_with, heat_quantization, hq_level, normalize, sign, cmap,
             overlay, size, save_relevance, strict, output):
     """Write heatmaps for IMAGES (files, folders, globs); with no model and no images, the shipped digits."""
     from zennit.image import CMAPS
@@ -202,7 +202,7 @@ def _explain_warnings(run: RunOptions, outcome, images: int) -> None:
               help="Write the report as JSON to this file ('-' for stdout, instead of the table).")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
               help="Draw the paper's Fig. 5 to this image file (needs matplotlib).")
-def check(images, run, random_count, start_with, dtype, tolerance, json_path, plot):
+def check(images, run, *, random_count, start_with, dtype, tolerance, json_path, plot):
     """Verify conservation block by block; exit status 1 when the error exceeds --tolerance."""
     method = get_method(run.method or lrp.DEFAULT_METHOD, composites_only=True).name
     for path in (json_path, plot):

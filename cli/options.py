@@ -140,7 +140,7 @@ def run_options(command=None, *, several_weights: bool = False):
         click.option("-c", "--config", type=click.Path(dir_okay=False), is_eager=True, expose_value=False,
                      callback=_load_config, help="JSON run configuration (see configs/); flags override it."),
         click.option("--model", default=DEFAULT_DEMO, show_default=True,
-                     help=f"torchvision ResNet-family name (resnet50, resnext50_32x4d, ...), {TIMM_PREFIX}NAME for any "
+                     help=f"torchvision classifier (resnet50, convnext_tiny, vit_b_16, ...), {TIMM_PREFIX}NAME for any "
                           "timm model (timm/resnet50d; needs timm), or a shipped demo model."),
         click.option("--weights", default=None, multiple=several_weights, help=weights_help),
         click.option("--num-classes", type=click.IntRange(min=1), default=None, help="Output classes (200 for CUB)."),

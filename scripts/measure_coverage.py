@@ -18,6 +18,7 @@ import gc
 import json
 import os
 import re
+import resource
 import signal
 import sys
 import time
@@ -181,27 +182,45 @@ def _alarm(signum, frame):
     raise _Timeout("took longer than the timeout")
 
 
-def run(models: list[dict], timeout: int) -> None:
+def run(models: list[dict], timeout: int, memory: int) -> None:
+    """Measure each model not measured yet in a process of its own (forked: nothing to import again), with at most
+    ``memory`` GiB and ``timeout`` seconds: a model too large for the machine is reported, not fatal."""
     done = {(row["source"], row["name"]) for row in read()}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    signal.signal(signal.SIGALRM, _alarm)
     for entry in models:
         if (entry["source"], entry["name"]) in done:
             continue
         began = time.perf_counter()
-        signal.alarm(timeout)
-        try:
-            row = measure(entry["source"], entry["group"], entry["name"])
-        except Exception as error:  # noqa: BLE001 - a model that cannot even be built, or a timeout
-            row = {**entry, "status": "not measured", "exception": _one_line(error)}
-        finally:
-            signal.alarm(0)
-        row["seconds"] = round(time.perf_counter() - began, 1)
-        with open(RESULTS, "a") as handle:
-            handle.write(json.dumps(row) + "\n")
-        print(f"{row['source']:<12} {row['name']:<40} {row['status']:<28} {row.get('error', row.get('exception'))}",
-              flush=True)
+        child = os.fork()
+        if child == 0:
+            _measure_here(entry, timeout, memory, began)
+        _, status = os.waitpid(child, 0)
+        if status != 0:
+            _write({**entry, "status": "not measured",
+                    "exception": f"the measuring process died (status {status}: out of memory?)",
+                    "seconds": round(time.perf_counter() - began, 1)})
         gc.collect()
+
+
+def _measure_here(entry: dict, timeout: int, memory: int, began: float) -> None:
+    """In the forked process: measure one model, write its row, exit."""
+    resource.setrlimit(resource.RLIMIT_AS, (memory << 30, resource.RLIM_INFINITY))
+    signal.signal(signal.SIGALRM, _alarm)
+    signal.alarm(timeout)
+    try:
+        row = measure(entry["source"], entry["group"], entry["name"])
+    except (Exception, MemoryError) as error:  # noqa: BLE001 - cannot be built, too large, or a timeout
+        row = {**entry, "status": "not measured", "exception": _one_line(error)}
+    row["seconds"] = round(time.perf_counter() - began, 1)
+    _write(row)
+    os._exit(0)
+
+
+def _write(row: dict) -> None:
+    with open(RESULTS, "a") as handle:
+        handle.write(json.dumps(row) + "\n")
+    print(f"{row['source']:<12} {row['name']:<40} {row['status']:<28} {row.get('error', row.get('exception'))}",
+          flush=True)
 
 
 def read() -> list[dict]:
@@ -216,7 +235,8 @@ def report(rows: list[dict]) -> str:
              "What the default composite (`flows_skip_conservative`) does on the smallest model of every torchvision",
              "classification family and of every timm model module, measured by `python scripts/measure_coverage.py`",
              f"(random weights and batch-norm statistics, float64, two seeded inputs of each model's size; torch "
-             f"{torch.__version__.split('+')[0]}). \"conserves\": `max |total + absorbed - start| / start <= {TOLERANCE:g}`.",
+             f"{torch.__version__.split('+')[0]}). \"conserves\": "
+             f"`max |total + absorbed - start| / start <= {TOLERANCE:g}`.",
              "Time: one `attribute` call over one plain gradient of the top logit, both on the two inputs, one thread.",
              ""]
     for kind in ("convolutional", "attention"):
@@ -230,7 +250,8 @@ def report(rows: list[dict]) -> str:
     lines.append("")
     for kind in ("convolutional", "attention"):
         lines += [f"## {kind.capitalize()} models", "",
-                  "| source | family or module | model | result | error | time x gradient | without a rule / not traced / "
+                  "| source | family or module | model | result | error | time x gradient "
+                  "| without a rule / not traced / "
                   "where it changes |", "| --- | --- | --- | --- | --- | --- | --- |"]
         for row in sorted((r for r in rows if r.get("kind", "convolutional") == kind),
                           key=lambda r: (r["status"] != "conserves", r["source"], r["group"])):
@@ -248,6 +269,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default=None, help="comma-separated model names")
     parser.add_argument("--timeout", type=int, default=600, help="seconds per model")
+    parser.add_argument("--memory", type=int, default=16, help="GiB per model")
     parser.add_argument("--report", action="store_true", help="only write docs/coverage.md from the results")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -258,7 +280,7 @@ def main() -> None:
             models = [entry for entry in models if entry["name"] in wanted]
             kept = [row for row in read() if row["name"] not in wanted]
             RESULTS.write_text("".join(json.dumps(row) + "\n" for row in kept))
-        run(models, args.timeout)
+        run(models, args.timeout, args.memory)
     REPORT.write_text(report(read()) + "\n")
     print(f"wrote {REPORT}")
 

@@ -25,11 +25,18 @@ from zennit_resnet_lrp.evaluation.summary import format_markdown, summarize  # n
 from zennit_resnet_lrp.evaluation.metrics import CurveSpec  # noqa: E402
 from zennit_resnet_lrp.application.demo import DEMO_MODELS  # noqa: E402
 from zennit_resnet_lrp.application.models import load_model  # noqa: E402
+from zennit_resnet_lrp.application.threads import choose_threads  # noqa: E402
 from zennit_resnet_lrp.evaluation.protocol import PROTOCOLS  # noqa: E402
 
 METHODS = ["flows_skip_conservative", "flows_skip", "zennit_epsilon_plus_flat", "lrp_epsilon_plain", "gradient",
            "integrated_gradients", "captum_lrp", "captum_integrated_gradients", "captum_guided_backprop",
            "captum_gradient_x_input", "gradcam", "random"]
+# captum's LRP has no rule for layer norms and attention; a transformer has no ReLU for Guided Backprop to guide
+METHODS_OF = {
+    "demo-mnist-convnext": [m for m in METHODS if m != "captum_lrp"],
+    "demo-mnist-vit": ["flows_skip_conservative", "attnlrp", "flows_skip", "gradient", "integrated_gradients",
+                       "captum_integrated_gradients", "captum_gradient_x_input", "attention_rollout", "random"],
+}
 
 
 def main() -> None:
@@ -38,7 +45,7 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(DEMO_MODELS))
     parser.add_argument("--protocols", default=",".join(PROTOCOLS))
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(choose_threads())
     with tempfile.TemporaryDirectory() as folder:
         root = export_held_out(Path(folder) / "digits", args.limit)
         samples, _ = image_folder(root)
@@ -49,9 +56,13 @@ def main() -> None:
                 model = load_model(name).model.to(dtype)
                 result = attribute(model, inputs.to(dtype), record_blocks=True, batch_size=250)
                 block_error = max(float(((b.input - b.output).abs() / result.start).max()) for b in result.blocks)
+                absorbed = "" if result.absorbed is None else (
+                    f", absorbed by the class token {float((result.absorbed / result.start).mean()):.3f} (mean), "
+                    f"{float((result.absorbed / result.start).max()):.3f} (max) of the start")
                 print(f"{name} {str(dtype)[6:]}: {len(samples)} digits, input error max "
-                      f"{float(result.conservation_error.max()):.2e}, block leak max {block_error:.2e}", flush=True)
-            methods = [m for m in METHODS if not (m == "captum_lrp" and "convnext" in name)]  # no rule for its norms
+                      f"{float(result.conservation_error.max()):.2e}, block leak max {block_error:.2e}{absorbed}",
+                      flush=True)
+            methods = METHODS_OF.get(name, METHODS)
             for protocol in args.protocols.split(","):
                 output = Path(folder) / f"{name}-{protocol}"
                 settings = EvaluationSettings(methods, CurveSpec(points=28, patch_grid=PROTOCOLS[protocol].patch_grid),

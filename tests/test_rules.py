@@ -150,3 +150,28 @@ def test_unit_with_positive_but_negligible_z_gets_the_flat_share_alone(epsilon):
     # flat: unit 1 spreads 1 by W+ (1:1), unit 2 spreads 2 by W+ (1:3)
     torch.testing.assert_close(result, torch.tensor([[0.5 + 0.5, 0.5 + 1.5]], dtype=torch.float64))
     assert float(result.sum()) == pytest.approx(3.0, rel=1e-12)
+
+
+def test_uniform_split_scale_and_norms_against_their_formulas():
+    """A product of two branches: ``R / 2`` each; a scale by a parameter: ``R`` to the scaled tensor, none to the
+    factor; a layer norm (channels-last), group norm and RMS norm: ``R`` through, elementwise; a sum over a
+    dimension: ``|x_i| / sum_j |x_j| R`` per slice."""
+    generator = torch.Generator().manual_seed(3)
+    a, b = (torch.randn(2, 3, 4, generator=generator, dtype=torch.float64) for _ in range(2))
+    relevance = torch.randn(2, 3, 4, generator=generator, dtype=torch.float64)
+    first, second = lrp.UniformSplit().relevance(lrp.Product(), (a, b), relevance)
+    torch.testing.assert_close(first, relevance / 2)
+    torch.testing.assert_close(first + second, relevance, rtol=0, atol=0)
+    gamma = torch.rand(4, generator=generator, dtype=torch.float64)
+    scaled, factor = lrp.PassThrough().propagate(lrp.Scale(), (a, gamma), (a.shape, gamma.shape), relevance)
+    assert torch.equal(scaled, relevance) and torch.equal(factor, torch.zeros(4, dtype=torch.float64))
+    composite = lrp.FlowsSkipConservative()
+    for norm in (torch.nn.LayerNorm(4), torch.nn.GroupNorm(1, 3), torch.nn.RMSNorm(4)):
+        rule = composite.module_map({}, "norm", norm)
+        assert isinstance(rule, lrp.PassThrough), type(norm)
+    stacked = torch.randn(2, 5, 3, generator=generator, dtype=torch.float64)
+    summed_relevance = torch.randn(2, 3, generator=generator, dtype=torch.float64)
+    split = lrp.ReductionSplit().relevance(lrp.SumOver(1), (stacked,), summed_relevance)
+    expected = stacked.abs() / stacked.abs().sum(1, keepdim=True) * summed_relevance[:, None]
+    torch.testing.assert_close(split, expected)
+    torch.testing.assert_close(split.sum(1), summed_relevance)

@@ -96,6 +96,7 @@ def attribute(
     method: str | Composite = DEFAULT_METHOD,
     target: int | Sequence[int] | torch.Tensor | None = None,
     start_with: str = "softmax",
+    *,
     batch_size: int | None = None,
     record_blocks: bool = False,
     tolerance: float | None = WARNING_TOLERANCE,
@@ -145,9 +146,10 @@ def attribute(
     if target is not None:
         target = _target_tensor(target, inputs.shape[0])
     watch = _blocks if record_blocks else None
-    result = _run(model, inputs, composite, _Request(target, start_with, batch_size or inputs.shape[0], progress), watch)
+    request = _Request(target, start_with, batch_size or inputs.shape[0], progress)
+    result = _run(model, inputs, composite, request, watch)
     if tolerance is not None:
-        violation = locate_violation(model, inputs, result, composite, start_with, tolerance)
+        violation = locate_violation(model, inputs, result, composite, start_with, tolerance=tolerance)
         if violation is not None:
             warnings.warn(ConservationWarning(violation), stacklevel=2)
     return result
@@ -159,6 +161,7 @@ def check_conservation(
     method: str | Composite = DEFAULT_METHOD,
     target: int | Sequence[int] | torch.Tensor | None = None,
     start_with: str = "softmax",
+    *,
     tolerance: float = DEFAULT_TOLERANCE,
     batch_size: int | None = None,
     progress: Callable[[int], None] | None = None,
@@ -182,7 +185,8 @@ def check_conservation(
         raise AttributionError(str(error)) from None
     result = attribute(model, inputs, composite, target, start_with, batch_size=batch_size, record_blocks=True,
                        tolerance=None, progress=progress)
-    violation = locate_violation(model, inputs, result, composite, start_with, tolerance, conservative=True)
+    violation = locate_violation(model, inputs, result, composite, start_with, tolerance=tolerance,
+                                 conservative=True)
     return ConservationReport(result, tolerance, violation)
 
 
@@ -273,6 +277,7 @@ def locate_violation(
     result: Attribution,
     composite: Composite,
     start_with: str = "softmax",
+    *,
     tolerance: float = WARNING_TOLERANCE,
     conservative: bool | None = None,
 ) -> Violation | None:

@@ -167,6 +167,7 @@ class ResNetLRP(ResidualComposite, SpecialFirstLayerMapComposite):
 
     def __init__(
         self,
+        *,
         split: str | None = None,
         split_identity: bool | None = None,
         epsilon: float | None = None,

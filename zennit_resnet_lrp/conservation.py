@@ -92,17 +92,18 @@ class ConservationReport:
         """A text table of the means over samples: relevance entering and leaving each block (as a fraction of the
         start), the share that went through the skip, and the leak."""
         start = self.attribution.start
-        lines = [f"{'block':<16} {'entering':>10} {'leaving':>10} {'skip share':>10} {'leak':>11}"]
+        width = max([16, *(len(block.name) for block in self.attribution.blocks or [])])
+        lines = [f"{'block':<{width}} {'entering':>10} {'leaving':>10} {'skip share':>10} {'leak':>11}"]
         for block in self.attribution.blocks or []:
             share = block.skip_share
             lines.append(
-                f"{block.name:<16} {float((block.output / start).mean()):>10.6f} "
+                f"{block.name:<{width}} {float((block.output / start).mean()):>10.6f} "
                 f"{float((block.input / start).mean()):>10.6f} "
                 f"{'-' if share is None else format(float(share.mean()), '.4f'):>10} "
                 f"{float((block.leak / start).mean()):>11.3e}"
             )
         for name, kind, reason in self.attribution.untraced:
-            lines.append(f"{name:<16} not traced ({kind}: {reason}): its additions are not split")
+            lines.append(f"{name:<{width}} not traced ({kind}: {reason}): its additions are not split")
         if self.violation is not None and self.violation.places:
             lines.append(f"relevance changes in {', '.join(map(str, self.violation.places[:3]))} (sample "
                          f"{self.violation.sample}; modules of type {', '.join(self.violation.kinds)})")

@@ -58,7 +58,8 @@ class RelevanceRule(Hook):
     # -- the machinery: what each path keeps, and the rule's result made to fit the inputs --
 
     def kept(self, inputs: tuple) -> tuple:
-        """What is kept of ``inputs`` for :py:meth:`relevance`: the inputs :py:attr:`keeps` names, None for the others."""
+        """What is kept of ``inputs`` for :py:meth:`relevance`: the inputs :py:attr:`keeps` names, None for the
+        others."""
         if self.keeps is None:
             return tuple(inputs)
         return tuple(x if index in self.keeps else None for index, x in enumerate(inputs))

@@ -148,14 +148,14 @@ def traceable(module: torch.nn.Module, whole: tuple[type, ...] = ()) -> bool:
 
 
 def may_add_or_gate(module: torch.nn.Module) -> bool:
-    """Whether the source of ``module``'s forward has an addition or a product at all (to warn only about untraced
-    modules that could matter)."""
+    """Whether the source of ``module``'s class (its forward and the methods it calls) has an addition, a product, a
+    concatenation or an attention at all (to warn only about untraced modules that could matter)."""
     try:
-        source = inspect.getsource(type(module).forward)
+        source = "\n".join(inspect.getsource(function).split(":", 1)[-1] for name, function in vars(type(module)).items()
+                           if inspect.isfunction(function) and name not in ("__init__", "extra_repr"))
     except (OSError, TypeError):
         return True
-    body = source.split(":", 1)[-1]
-    return bool(re.search(r"\+|\badd_?\(|\bmul_?\(|[^*\s(,]\s*\*\s*[^*\s]", body))
+    return bool(re.search(r"\+|\badd_?\(|\bmul_?\(|[^*\s(,]\s*\*\s*[^*\s]|\bcat\(|@|attention|softmax", source))
 
 
 class TraceCache:
@@ -231,7 +231,8 @@ def rewrite(module: torch.nn.Module) -> Rewrite | None:
         return None
     forwards = {absent: _compile(graph, module) for absent, (graph, _) in variants.items()}
     constants = {name: value for _, values in variants.values() for name, value in values.items()}
-    forward = next(iter(forwards.values())) if list(forwards) == [frozenset()] else _Variants(module, forwards)
+    single = list(forwards) == [frozenset()] and not _flags(module)
+    forward = next(iter(forwards.values())) if single else _Variants(module, forwards)
     return Rewrite(forward=forward, children=names.made, constants=constants)
 
 
@@ -297,10 +298,19 @@ def _optional(module: torch.nn.Module) -> list[str]:
             and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)][:3]
 
 
+def _flags(module: torch.nn.Module) -> dict:
+    """The forward's parameters that default to a flag (``pre_logits=False``, ``is_causal=False``): traced at their
+    defaults (code branches on them), the module's own forward run where a call gives another value."""
+    parameters = inspect.signature(type(module).forward).parameters.values()
+    return {p.name: p.default for p in parameters if isinstance(p.default, (bool, int, str)) and p.default is not None
+            and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
+
+
 def _absences(module: torch.nn.Module) -> list[frozenset]:
     """Each set of the optional arguments that a call may leave None, all given first."""
     optional = _optional(module)
-    return [frozenset(name for bit, name in enumerate(optional) if mask >> bit & 1) for mask in range(2 ** len(optional))]
+    return [frozenset(name for bit, name in enumerate(optional) if mask >> bit & 1)
+            for mask in range(2 ** len(optional))]
 
 
 class _Variants:
@@ -309,25 +319,26 @@ class _Variants:
 
     def __init__(self, module: torch.nn.Module, forwards: dict) -> None:
         self.signature = inspect.signature(type(module).forward)
-        self.optional, self.forwards = _optional(module), forwards
+        self.optional, self.flags, self.forwards = _optional(module), _flags(module), forwards
 
     def __call__(self, module, *args, **kwargs):
         bound = self.signature.bind(module, *args, **kwargs)
         bound.apply_defaults()
         absent = frozenset(name for name in self.optional if bound.arguments.get(name) is None)
         forward = self.forwards.get(absent)
-        if forward is None:
+        if forward is None or any(bound.arguments.get(name) != value for name, value in self.flags.items()):
             return type(module).forward(module, *args, **kwargs)
         return forward(*bound.args, **bound.kwargs)  # positional: a trace renames the arguments it fixed
 
 
 def trace(module: torch.nn.Module, absent: frozenset = frozenset()) -> tuple[torch.fx.Graph, dict]:
     """The graph of ``module``'s own forward, children as leaves, with the optional arguments in ``absent`` fixed to
-    None; and the tensor constants it reads (which ``torch.fx`` puts on the module while tracing: taken off again).
+    None and its flags to their defaults; and the tensor constants it reads (which ``torch.fx`` puts on the module while tracing: taken off again).
     Raises :py:class:`TraceFailure`."""
     before = set(vars(module))
     try:
-        graph = _OwnForwardTracer().trace(module, concrete_args={name: None for name in absent} or None)
+        graph = _OwnForwardTracer().trace(module, concrete_args={**_flags(module), **{name: None for name in absent}}
+                                          or None)
     except Exception as error:  # tracing fails in many ways (TraceError, TypeError, NotImplementedError, ...)
         raise TraceFailure(f"{type(error).__name__}: {' '.join(str(error).split())[:200]}") from None
     finally:

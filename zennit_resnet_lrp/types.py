@@ -23,7 +23,8 @@ NORMALIZATIONS = (
     *((torch.nn.RMSNorm,) if hasattr(torch.nn, "RMSNorm") else ()), FunctionalNorm,
 )
 # timm's normalisation and activation layers that are not subclasses of torch's, by class name
-_TIMM_NORMALIZATION = re.compile(r"^(EvoNorm|FilterResponseNorm|FrozenBatchNorm|RmsNorm|SimpleNorm|GlobalResponseNorm$)")
+_TIMM_NORMALIZATION = re.compile(r"^(EvoNorm|FilterResponseNorm|FrozenBatchNorm|RmsNorm|SimpleNorm"
+                                 r"|GlobalResponseNorm$)")
 _TIMM_ACTIVATION = re.compile(r"^(Swish|Mish|Sigmoid|Tanh|HardSwish|HardSigmoid|HardMish|GELU|GELUTanh|QuickGELU"
                               r"|PReLU)$")
 

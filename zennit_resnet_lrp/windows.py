@@ -49,7 +49,8 @@ def forward(self, x: torch.Tensor) -> torch.Tensor:
     """``shifted_window_attention`` of torchvision (eval mode: no dropout), through the module's children."""
     batch, height, width, channels = x.shape
     window, heads = list(self.window_size), self.num_heads
-    x = F.pad(x, (0, 0, 0, (window[1] - width % window[1]) % window[1], 0, (window[0] - height % window[0]) % window[0]))
+    pad_right, pad_bottom = (window[1] - width % window[1]) % window[1], (window[0] - height % window[0]) % window[0]
+    x = F.pad(x, (0, 0, 0, pad_right, 0, pad_bottom))
     _, padded_height, padded_width, _ = x.shape
     shift = [0 if window[0] >= padded_height else self.shift_size[0], 0 if window[1] >= padded_width
              else self.shift_size[1]]

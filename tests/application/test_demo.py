@@ -29,7 +29,8 @@ def test_accuracy_and_size(name, held_out):
     inputs = loaded.preprocessing.normalize(torch.from_numpy(pixels).float() / 255)
     with torch.no_grad():
         accuracy = float((loaded.model(inputs).argmax(1) == torch.from_numpy(labels)).float().mean())
-    assert accuracy >= 0.97  # measured: 0.987 (BasicBlock), 0.977 (Bottleneck), 0.977 (ConvNeXt)
+    # measured: 0.987 (BasicBlock), 0.977 (Bottleneck), 0.977 (ConvNeXt), VIT_ACCURACY (ViT)
+    assert accuracy >= (0.95 if name == "demo-mnist-vit" else 0.97)
     assert len(lrp.attribute(loaded.model, inputs[:1], record_blocks=True).blocks) == 4
     assert sum(p.numel() for p in loaded.model.parameters()) * 4 < 2 * 2 ** 20
 

@@ -381,3 +381,24 @@ def test_methods_side_by_side_and_labelled_overview(tmp_path):
         assert sheet.size[1] > 112  # pairs with their captions below
     assert_one_line_error(run("explain", "--methods", "random", "--method", "flows_skip"), 2,
                           "give --method or --methods, not both")
+
+
+def test_transformers_on_the_command_line(tmp_path):
+    """The ViT demo and a timm vision transformer with random weights: check shows the transformer's blocks and the
+    class token's share, explain reports it, evaluate takes attention rollout."""
+    checked = run("check", "--model", "demo-mnist-vit", "--random", 2)
+    assert checked.exit_code == 0, checked.output
+    assert "encoder.layers.encoder_layer_3" in checked.output and "absorbed by the model's own tokens" in checked.output
+    assert checked.output.splitlines()[-1].endswith("PASS")
+    explained = run("explain", *DIGITS[:2], "--model", "demo-mnist-vit", "-o", tmp_path / "vit")
+    assert explained.exit_code == 0, explained.output
+    summary = json.loads((tmp_path / "vit" / "summary.json").read_text())
+    assert all(row["absorbed"] is not None and row["conservation_error"] < 1e-5 for row in summary)
+    evaluated = run("evaluate", "--model", "demo-mnist-vit", "--methods", "flows_skip_conservative,attention_rollout",
+                    "--limit", 2, "--points", 4, "-o", tmp_path / "eval")
+    assert evaluated.exit_code == 0, evaluated.output
+    assert "| attention_rollout |" in evaluated.output
+    pytest.importorskip("timm")
+    deit = run("check", "--model", "timm/deit_tiny_patch16_224", "--weights", "random", "--random", 1,
+               "--dtype", "float64")
+    assert deit.exit_code == 0 and deit.output.splitlines()[-1].endswith("PASS"), deit.output

@@ -55,9 +55,9 @@ class SmallResNet(torch.nn.Module):
 
 class SmallConvNeXt(torch.nn.Sequential):
     """A ConvNeXt for 1x28x28 digits, built from torchvision's own ``CNBlock`` and ``LayerNorm2d``: a 4x4, stride-2
-    stem (overlapping patches) with layer norm, two stages of two blocks (7x7 depthwise convolution, layer norm after a permute, inverted
-    bottleneck with GELU, layer scale, residual addition) with a layer-norm-and-2x2-convolution downsampling between
-    them, then average pooling, layer norm and a linear head."""
+    stem (overlapping patches) with layer norm, two stages of two blocks (7x7 depthwise convolution, layer norm after
+    a permute, inverted bottleneck with GELU, layer scale, residual addition) with a layer-norm-and-2x2-convolution
+    downsampling between them, then average pooling, layer norm and a linear head."""
 
     def __init__(self, widths=(32, 64), depth: int = 2, num_classes: int = 10) -> None:
         from functools import partial

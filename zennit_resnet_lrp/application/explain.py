@@ -238,7 +238,8 @@ def _note_losses(run: _Run, name: str, inputs: torch.Tensor, result) -> None:
     loss.images += int(bad.sum())
     loss.error = max(loss.error, float(result.conservation_error[bad].max()))
     if not loss.kinds:  # where, once per run: it re-runs the worst sample watching every module
-        violation = locate_violation(run.loaded.model, inputs, result, composite, run.options.start_with, tolerance)
+        violation = locate_violation(run.loaded.model, inputs, result, composite, run.options.start_with,
+                                     tolerance=tolerance)
         loss.kinds = violation.kinds if violation is not None else []
 
 

@@ -82,7 +82,8 @@ class Preprocessing:
         left, top, crop_width, crop_height = 0, 0, new_width, new_height
         if self.crop:
             crop_width = crop_height = self.crop
-            left = int(round((new_width - self.crop) / 2.0)) if self.crop <= new_width else -((self.crop - new_width) // 2)
+            left = int(round((new_width - self.crop) / 2.0)) if self.crop <= new_width \
+                else -((self.crop - new_width) // 2)
             top = int(round((new_height - self.crop) / 2.0)) if self.crop <= new_height \
                 else -((self.crop - new_height) // 2)
         scale_x, scale_y = width / new_width, height / new_height

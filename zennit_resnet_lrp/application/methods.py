@@ -241,7 +241,8 @@ def _attention_rollout(model, inputs, targets, context):
     from ..layer import AttentionProduct
 
     weights = []
-    composite = Composite(module_map=lambda ctx, name, module: None, canonizers=[ResidualCanonizer(cache=context.cache)])
+    canonizer = ResidualCanonizer(cache=context.cache)
+    composite = Composite(module_map=lambda ctx, name, module: None, canonizers=[canonizer])
     with evaluating(model), composite.context(model), torch.no_grad():
         products = [module for module in model.modules() if isinstance(module, AttentionProduct)]
         if not products:
@@ -309,7 +310,8 @@ BASELINES = [
            "epsilon rules, BN merged, the residual addition left plain (not captum's LRP: see captum_lrp)",
            _composite_instance(_plain_epsilon)),
     Method("gradient", "baseline", "zennit-resnet-lrp", "saliency: |gradient| summed over channels", _saliency),
-    Method("gradient_x_input", "baseline", "zennit", "gradient x input", _zennit_attributor(Gradient, times_input=True)),
+    Method("gradient_x_input", "baseline", "zennit", "gradient x input",
+           _zennit_attributor(Gradient, times_input=True)),
     Method("integrated_gradients", "baseline", "zennit", "zennit's IntegratedGradients, 32 steps",
            _zennit_attributor(IntegratedGradients, n_iter=32)),
     Method("smoothgrad", "baseline", "zennit-resnet-lrp", "SmoothGrad (zennit's formula), 16 samples, noise 0.1, "

@@ -1,5 +1,5 @@
-"""Models in: torchvision ResNet-family names, timm models (``timm/<name>``, with timm installed), torchvision weights,
-local checkpoints, random weights, shipped demo models."""
+"""Models in: torchvision's classifiers by name, timm models (``timm/<name>``, with timm installed), torchvision
+weights, local checkpoints, random weights, shipped demo models."""
 from __future__ import annotations
 
 import dataclasses
@@ -29,10 +29,8 @@ RANDOM_WEIGHTS = "random"
 # model names with this prefix are timm's (architectures; weights from a local checkpoint)
 TIMM_PREFIX = "timm/"
 
-RESNET_FAMILY = tuple(
-    name for name in torchvision.models.list_models(module=torchvision.models)
-    if name.startswith(("resnet", "resnext", "wide_resnet"))
-)
+# torchvision's image classifiers, by name (resnet50, convnext_tiny, vit_b_16, swin_t, ...)
+TORCHVISION_MODELS = tuple(torchvision.models.list_models(module=torchvision.models))
 
 
 @dataclass
@@ -53,7 +51,7 @@ class LoadedModel:
 
 def model_names() -> list[str]:
     """The model names :py:func:`load_model` takes, besides ``timm/<any timm model>``."""
-    return [*DEMO_MODELS, *RESNET_FAMILY]
+    return [*DEMO_MODELS, *TORCHVISION_MODELS]
 
 
 def load_model(
@@ -68,8 +66,8 @@ def load_model(
     Parameters
     ----------
     name : str
-        A torchvision ResNet-family name (``resnet50``, ``resnext50_32x4d``, ...), ``timm/<name>`` for any timm
-        model (``timm/resnet50d``; needs the ``[timm]`` extra), or a shipped demo model (``demo-mnist``).
+        A torchvision classifier's name (``resnet50``, ``convnext_tiny``, ``vit_b_16``, ...), ``timm/<name>`` for
+        any timm model (``timm/resnet50d``; needs the ``[timm]`` extra), or a shipped demo model (``demo-mnist``).
     weights : str or path, optional
         A torchvision weights name (``IMAGENET1K_V1``, ``DEFAULT``; downloaded and cached by torchvision), a local
         checkpoint (a state_dict, or a dict holding one under ``state_dict`` or ``model``; read with
@@ -88,56 +86,73 @@ def load_model(
 
 
 def _load(name, weights, num_classes, device) -> LoadedModel:
-    random = weights is None or str(weights) == RANDOM_WEIGHTS
     if name in DEMO_MODELS:
-        spec = DEMO_MODELS[name]
-        classes = num_classes or spec.num_classes
-        model = spec.build(classes)
-        if str(weights) == RANDOM_WEIGHTS:
-            return LoadedModel(model.eval().to(device), name, spec.preprocessing, None, None)
-        path = weights if weights is not None else spec.checkpoint
-        load_checkpoint(model, path, name)
-        categories = spec.categories if classes == spec.num_classes else None
-        return LoadedModel(model.eval().to(device), name, spec.preprocessing, categories, str(path))
-    if name.startswith(TIMM_PREFIX):
-        model, preprocessing = _timm_model(name, num_classes)
-        if not random:
-            if not _looks_like_path(weights):
-                raise UnknownNameError(f"weights for {name} are a checkpoint file or {RANDOM_WEIGHTS!r}, not "
-                                       f"{weights!r}: timm's pretrained weights are not downloaded here")
-            load_checkpoint(model, weights, name)
-        return LoadedModel(model.eval().to(device), name, preprocessing, None, None if random else str(weights))
-    if name not in RESNET_FAMILY:
-        raise UnknownNameError(f"unknown model {name!r}; choose one of: {', '.join(model_names())}, "
-                               f"or {TIMM_PREFIX}<name> for a timm model")
-    preprocessing = Preprocessing()
-    if random:
-        model = torchvision.models.get_model(name, weights=None, num_classes=num_classes or 1000)
-        return LoadedModel(model.eval().to(device), name, preprocessing, None, None)
-    if _looks_like_path(weights):
-        model = torchvision.models.get_model(name, weights=None, num_classes=num_classes or 1000)
+        loaded = _demo(name, weights, num_classes)
+    elif name.startswith(TIMM_PREFIX):
+        loaded = _timm(name, weights, num_classes)
+    elif name in TORCHVISION_MODELS:
+        loaded = _torchvision(name, weights, num_classes)
+    else:
+        raise UnknownNameError(f"unknown model {name!r}; choose a torchvision classifier (resnet50, convnext_tiny, "
+                               f"vit_b_16, ...: torchvision.models.list_models()), a demo model "
+                               f"({', '.join(DEMO_MODELS)}), or {TIMM_PREFIX}<name> for a timm model")
+    loaded.model = loaded.model.eval().to(device)
+    return loaded
+
+
+def _random(weights) -> bool:
+    return weights is None or str(weights) == RANDOM_WEIGHTS
+
+
+def _demo(name, weights, num_classes) -> LoadedModel:
+    spec = DEMO_MODELS[name]
+    classes = num_classes or spec.num_classes
+    model = spec.build(classes)
+    if str(weights) == RANDOM_WEIGHTS:
+        return LoadedModel(model, name, spec.preprocessing, None, None)
+    path = weights if weights is not None else spec.checkpoint
+    load_checkpoint(model, path, name)
+    return LoadedModel(model, name, spec.preprocessing, spec.categories if classes == spec.num_classes else None,
+                       str(path))
+
+
+def _timm(name, weights, num_classes) -> LoadedModel:
+    model, preprocessing = _timm_model(name, num_classes)
+    if not _random(weights):
+        if not _looks_like_path(weights):
+            raise UnknownNameError(f"weights for {name} are a checkpoint file or {RANDOM_WEIGHTS!r}, not "
+                                   f"{weights!r}: timm's pretrained weights are not downloaded here")
         load_checkpoint(model, weights, name)
-        return LoadedModel(model.eval().to(device), name, preprocessing, None, str(weights))
+    return LoadedModel(model, name, preprocessing, None, None if _random(weights) else str(weights))
+
+
+def _torchvision(name, weights, num_classes) -> LoadedModel:
+    """A torchvision classifier: random, from a checkpoint (both preprocessed as its published weights are, or as the
+    paper's ImageNet models where it has none), or with torchvision weights by name."""
     enum = torchvision.models.get_model_weights(name)
+    if _random(weights) or _looks_like_path(weights):
+        model = torchvision.models.get_model(name, weights=None, num_classes=num_classes or 1000)
+        if not _random(weights):
+            load_checkpoint(model, weights, name)
+        preprocessing = Preprocessing.from_transforms(enum.DEFAULT.transforms()) if len(enum) else Preprocessing()
+        return LoadedModel(model, name, preprocessing, None, None if _random(weights) else str(weights))
     choices = [member.name for member in enum] + ["DEFAULT"]
     key = str(weights).split(".")[-1]
     if key not in choices:
-        raise UnknownNameError(f"unknown weights {weights!r} for {name}; choose one of {', '.join(choices)} or a checkpoint file")
+        raise UnknownNameError(f"unknown weights {weights!r} for {name}; choose one of {', '.join(choices)} or a "
+                               "checkpoint file")
     entry = enum[key] if key != "DEFAULT" else enum.DEFAULT
     classes = len(entry.meta["categories"])
     if num_classes not in (None, classes):
-        raise UnknownNameError(
-            f"{entry} has {classes} classes, not {num_classes}; drop --num-classes or use a checkpoint file"
-        )
+        raise UnknownNameError(f"{entry} has {classes} classes, not {num_classes}; drop --num-classes or use a "
+                               "checkpoint file")
     try:
         model = torchvision.models.get_model(name, weights=entry)
     except Exception as error:  # network failures come in many types
-        raise ModelError(
-            f"could not download {entry} ({error.__class__.__name__}); without internet, download the file "
-            "elsewhere and pass its path as the weights"
-        ) from None
-    preprocessing = Preprocessing.from_transforms(entry.transforms())
-    return LoadedModel(model.eval().to(device), name, preprocessing, list(entry.meta["categories"]), str(entry))
+        raise ModelError(f"could not download {entry} ({error.__class__.__name__}); without internet, download the "
+                         "file elsewhere and pass its path as the weights") from None
+    return LoadedModel(model, name, Preprocessing.from_transforms(entry.transforms()),
+                       list(entry.meta["categories"]), str(entry))
 
 
 def _timm_model(name: str, num_classes: int | None) -> tuple[torch.nn.Module, Preprocessing]:

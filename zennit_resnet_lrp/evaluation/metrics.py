@@ -78,7 +78,8 @@ def _nearest_rows(source: int, target: int, device) -> torch.Tensor:
         .clamp(max=source - 1)
 
 
-def curve_masks(maps: torch.Tensor, spec: CurveSpec) -> tuple[int, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
+def curve_masks(maps: torch.Tensor,
+                spec: CurveSpec) -> tuple[int, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
     """Return the number of curve points ``n`` and a function giving the keep-masks (B, H, W) of the pairs
     (sample index, point index): 1 where insertion shows the pixel (and deletion removes it).
 
@@ -145,6 +146,7 @@ def perturbation_curves(
     labels: torch.Tensor,
     normalize: Callable[[torch.Tensor], torch.Tensor],
     spec: CurveSpec | None = None,
+    *,
     batch_size: int = 64,
     modes: tuple[str, ...] = MODES,
 ) -> dict[str, torch.Tensor]:
@@ -205,10 +207,11 @@ def insertion_deletion(
     labels: torch.Tensor,
     normalize: Callable[[torch.Tensor], torch.Tensor],
     spec: CurveSpec | None = None,
+    *,
     batch_size: int = 64,
 ) -> dict[str, torch.Tensor]:
     """Per-sample Insertion AUC, Deletion AUC and ID = Insertion - Deletion, plus the curves."""
-    curves = perturbation_curves(model, images, maps, labels, normalize, spec, batch_size)
+    curves = perturbation_curves(model, images, maps, labels, normalize, spec, batch_size=batch_size)
     insertion, deletion = auc(curves["insertion"]), auc(curves["deletion"])
     return {"insertion": insertion, "deletion": deletion, "id": insertion - deletion,
             "insertion_curve": curves["insertion"], "deletion_curve": curves["deletion"]}

@@ -209,7 +209,7 @@ def _score_images(job: _Job, samples: Sequence[Sample], pixels: torch.Tensor) ->
             continue
         maps = settings.protocol.flat_maps(maps, levels)
         scores = insertion_deletion(job.loaded.model, pixels[index], maps, labels[index], prep.normalize,
-                                    settings.spec, settings.batch_size)
+                                    settings.spec, batch_size=settings.batch_size)
         for row_index, sample_index in enumerate(pending):
             sample = samples[sample_index]
             job.writer.write({
