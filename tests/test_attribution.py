@@ -91,17 +91,39 @@ class UntraceableResidual(torch.nn.Module):
         return self.body(x) + x
 
 
-@pytest.mark.filterwarnings("ignore:found no residual addition")
-def test_untraceable_residual_block_warns_and_names_it():
+def _with_block(block: torch.nn.Module) -> torch.nn.Sequential:
     torch.manual_seed(0)
-    model = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), UntraceableResidual(), torch.nn.AdaptiveAvgPool2d(1),
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), block, torch.nn.AdaptiveAvgPool2d(1),
         torch.nn.Flatten(), torch.nn.Linear(4, 3),
     ).double()
-    with pytest.warns(lrp.ResidualTracingWarning, match=r"could not trace '2' \(UntraceableResidual.*ResidualSum"), \
-            pytest.warns(lrp.ConservationWarning, match=r"'2' \(UntraceableResidual"):
+
+
+def test_untraceable_residual_block_is_routed_while_it_runs_and_named():
+    model = _with_block(UntraceableResidual())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # conserves: no warning
         result = lrp.attribute(model, make_inputs(1, 8))
-    assert [name for name, _, _ in result.untraced] == ["2"]
+    assert [(name, kind) for name, kind, _ in result.untraced] == [("2", "UntraceableResidual")]
+    assert result.untraced[0][2].endswith("routed while it runs")
+    assert float(result.conservation_error.max()) <= 1e-12
+
+
+class Unroutable(UntraceableResidual):
+    """An untraceable block that refuses new children: left as it is."""
+
+    def add_module(self, name, module):
+        raise AttributeError("no new children here")
+
+
+@pytest.mark.filterwarnings("ignore:found no residual addition")
+def test_block_that_cannot_be_routed_warns_with_the_fix_and_names_it():
+    model = _with_block(Unroutable())
+    with pytest.warns(lrp.ResidualTracingWarning, match=r"could not trace '2' \(Unroutable.*ResidualSum"), \
+            pytest.warns(lrp.ConservationWarning, match=r"'2' \(Unroutable"):
+        result = lrp.attribute(model, make_inputs(1, 8))
+    assert [name for name, _, _ in result.untraced] == ["2"] and result.untraced[0][2].endswith("left as it is")
+    assert list(model[2]._modules) == ["body"] and "forward" not in model[2].__dict__
 
 
 def test_conserving_method_does_not_warn(resnet18, inputs):

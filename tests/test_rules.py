@@ -96,6 +96,20 @@ def test_average_pool_proportional():
     torch.testing.assert_close(result, torch.tensor([[[[2.0, 6.0]]]]).double())
 
 
+@pytest.mark.parametrize("mode", ["nearest", "bilinear"])
+def test_upsampling_proportional(mode):
+    """Upsampling is linear in its input: each input gets what it contributes to every output it reaches."""
+    upsample = torch.nn.Upsample(scale_factor=2, mode=mode)
+    a = torch.tensor([[[[1.0, 3.0]]]]).double()
+    relevance = torch.arange(1.0, 9.0).double().reshape(1, 1, 2, 4)
+    result = _propagate(lrp.PoolProportional(0.0), upsample, a, relevance)
+    outputs = upsample(a)
+    matrix = torch.stack([upsample(torch.eye(2).double()[i].reshape(1, 1, 1, 2)).flatten() for i in range(2)])
+    expected = a.flatten() * (matrix @ (relevance.flatten() / outputs.flatten()))
+    torch.testing.assert_close(result.flatten(), expected)
+    assert float(result.sum()) == pytest.approx(float(relevance.sum()))
+
+
 def test_rule_copies_are_independent_on_the_hook_path_and_shared_on_the_fast_path():
     """zennit's hooks store the module's input on the rule, so each module needs its own copy; the fast path keeps
     that state in the autograd context, so one stateless instance serves every module."""

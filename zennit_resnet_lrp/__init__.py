@@ -8,9 +8,12 @@ line. Each layer imports only the ones before it.
 from .attribution import AttributionError, START_WITH, attribute, check_conservation, locate_violation
 from .canonizers import MergeBatchNorm, ResidualCanonizer, ResidualTracingWarning, batchnorm_pairs, residual_blocks
 from .composites import (
-    DEFAULT_METHOD, IMAGENET_MEAN, IMAGENET_STD, OUR_COMPOSITES, PAPER_VARIANTS, EpsilonAlpha2Beta1Split,
-    EpsilonGammaBoxSplit, EpsilonPlusFlatSplit, FlowsSkip, FlowsSkipConservative, FlowsSkipSimple, Latest,
-    ResidualComposite, ResNetLRP, Simple, SplitCounterpart, UnknownCompositeError, box_bounds, make_composite,
+    DEFAULT_METHOD, IMAGENET_MEAN, IMAGENET_STD, PAPER_VARIANTS, AttnLRP, FlowsSkip, FlowsSkipConservative,
+    FlowsSkipSimple, Latest, ResidualComposite, ResNetLRP, Simple, box_bounds,
+)
+from .registry import (
+    OUR_COMPOSITES, EpsilonAlpha2Beta1Split, EpsilonGammaBoxSplit, EpsilonPlusFlatSplit, SplitCounterpart,
+    UnknownCompositeError, make_composite,
 )
 from .conservation import DEFAULT_TOLERANCE, ConservationReport, ConservationWarning, Place, Violation
 from .core import RelevanceRule
@@ -21,11 +24,12 @@ from .layer import (
 )
 from .recording import ModuleRelevance, RelevanceRecorder
 from .results import Attribution, relative_error
+from .pool_rules import MaxPoolAverageStandIn, MaxPoolProportional, MaxPoolWinnerTakesAll, PoolProportional
 from .rules import (
-    FlatInputZPlus, GateAsWeight, MaxPoolAverageStandIn, MaxPoolProportional, MaxPoolWinnerTakesAll, PassThrough,
-    PoolProportional, PositiveProportional, ReductionSplit, RelevanceSplit, UniformSplit, ZPlus,
+    FlatInputZPlus, GateAsWeight, PassThrough, PositiveProportional, ReductionSplit, RelevanceSplit, UniformSplit,
+    ZPlus,
 )
 from .snapshot import ModelSnapshot, evaluating
-from .tracing import TraceCache
+from .rewriting import TraceCache
 
 __version__ = "0.1.0"

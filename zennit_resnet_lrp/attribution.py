@@ -11,7 +11,8 @@ import torch
 from zennit.core import Composite
 
 from .canonizers import ResidualCanonizer, residual_blocks
-from .composites import DEFAULT_METHOD, ResidualComposite, UnknownCompositeError, make_composite
+from .composites import DEFAULT_METHOD, ResidualComposite
+from .registry import UnknownCompositeError, make_composite
 from .conservation import (
     DEFAULT_TOLERANCE, WARNING_TOLERANCE, ConservationReport, ConservationWarning, Violation, locate, worst_violation,
 )

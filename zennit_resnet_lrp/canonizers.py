@@ -16,7 +16,9 @@ from zennit.types import BatchNorm, Linear
 from . import windows
 from .layer import Attention, ResidualSum
 from .snapshot import ModelSnapshot
-from .tracing import TraceCache, TraceFailure, may_add_or_gate, trace, traceable, whole_layers
+from . import runtime_routing
+from .rewriting import TraceCache
+from .tracing import TraceFailure, may_add_or_gate, trace, traceable, whole_layers
 
 SUM_NAME = "residual_sum"
 
@@ -150,8 +152,8 @@ class ResidualCanonizer(Canonizer):
     torchvision's ``BasicBlock`` and ``Bottleneck`` (resnet18-152, resnext, wide_resnet and models built from them)
     get a forward written out for them. Every other module whose forward is its own code is traced with ``torch.fx``
     (:py:mod:`zennit_resnet_lrp.tracing`), module by module: timm's ResNets, pre-activation blocks, RegNet,
-    squeeze-excitation and hand-written blocks. A module that cannot be traced is left as it is, with a
-    :py:class:`ResidualTracingWarning` naming it (see :py:attr:`untraced`).
+    squeeze-excitation and hand-written blocks. A module that cannot be traced has its operations routed while it
+    runs (:py:mod:`zennit_resnet_lrp.runtime_routing`), and is listed in :py:attr:`untraced`.
 
     Parameters
     ----------
@@ -168,7 +170,8 @@ class ResidualCanonizer(Canonizer):
     Attributes
     ----------
     untraced : list of (str, str, str)
-        After ``apply``: ``(name, class name, reason)`` of every module that could not be traced and may add or gate.
+        After ``apply``: ``(name, class name, reason)`` of every module that could not be traced and may add or gate
+        (routed while it runs, or left as it is with a :py:class:`ResidualTracingWarning`).
     """
 
     def __init__(self, merge_batchnorm: bool = False, trace: bool = True, direct: bool = True,
@@ -219,24 +222,33 @@ class ResidualCanonizer(Canonizer):
         return [instance]
 
     def _rewritten(self, name: str, module: torch.nn.Module) -> list[Canonizer]:
-        """``module`` with its additions, gates and functional operations routed (one instance to undo it), or as it
-        was, with a warning naming it, where its forward cannot be traced or rewritten."""
+        """``module`` with its additions, gates and functional operations routed (one instance to undo it): by its
+        traced forward, or, where its forward cannot be traced, while it runs (:py:mod:`.runtime_routing`); as it
+        was, with a warning naming it, where neither can be installed."""
+        instance = self.copy()
+        instance.module = module
         try:
             routed = self.cache.rewrite(module)
             if routed is None:
                 return []
-            instance = self.copy()
-            instance.module, instance.added = module, routed.install(module)
+            instance.added = routed.install(module)
             return [instance]
         except TraceFailure as failure:
-            if may_add_or_gate(module):
-                self.untraced.append((name, type(module).__name__, str(failure)))
-                warnings.warn(
-                    f"could not trace '{name}' ({type(module).__name__}: {failure}); residual additions in it are "
-                    "not split: route them by hand with zennit_resnet_lrp.ResidualSum().add(residual, skip)",
-                    ResidualTracingWarning, stacklevel=3,
-                )
+            if not may_add_or_gate(module):
+                return []
+            reason = str(failure)
+        try:
+            instance.added = runtime_routing.install(module)
+        except Exception as error:  # noqa: BLE001 - a name the module's own __setattr__ or add_module refuses
+            self.untraced.append((name, type(module).__name__, f"{reason}; left as it is"))
+            warnings.warn(
+                f"could not trace '{name}' ({type(module).__name__}: {reason}) nor route it while it runs "
+                f"({type(error).__name__}: {error}); residual additions in it are not split: route them by hand "
+                "with zennit_resnet_lrp.ResidualSum().add(residual, skip)", ResidualTracingWarning, stacklevel=3,
+            )
             return []
+        self.untraced.append((name, type(module).__name__, f"{reason}; routed while it runs"))
+        return [instance]
 
     def register(self, module: torch.nn.Module) -> None:
         """Give a torchvision block a :py:class:`ResidualSum` child and a forward that uses it."""

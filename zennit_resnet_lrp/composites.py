@@ -1,32 +1,29 @@
-"""Composites: the paper's four variants, the recommended conservative default, and zennit's composites with
-Relevance Splitting at the residual sums. Each is a class registered in ``zennit.composites.COMPOSITES`` by name,
-and :py:func:`make_composite` turns a name into a ready composite."""
+"""Composites: the paper's four variants, the recommended conservative default and AttnLRP's rules beside it, each a
+class registered in ``zennit.composites.COMPOSITES`` by name. zennit's composites with Relevance Splitting, and
+turning a name into a ready composite: :py:mod:`.registry`."""
 from __future__ import annotations
 
 from typing import Sequence
 
 import torch
 from zennit.canonizers import Canonizer
-from zennit.composites import (
-    COMPOSITES, EpsilonAlpha2Beta1, EpsilonGammaBox, EpsilonPlusFlat, SpecialFirstLayerMapComposite,
-    register_composite,
-)
-from zennit.core import Composite, Hook
-from zennit.layer import Sum
+from zennit.composites import SpecialFirstLayerMapComposite, register_composite
+from zennit.core import Hook
 from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetBottleneckCanonizer, ResNetCanonizer
 from zennit.types import BatchNorm
 
 from .canonizers import ResidualCanonizer
 from .attention import AttentionValues, BilinearSplit, SoftmaxRule
 from .layer import AttentionProduct, FunctionalPool, GatedProduct, MatrixProduct, Product, ResidualSum, Scale, SumOver
+from .pool_rules import MaxPoolAverageStandIn, MaxPoolProportional, MaxPoolWinnerTakesAll, PoolProportional
 from .rules import (
-    DROP, FLAT, FlatInputZPlus, GateAsWeight, MaxPoolAverageStandIn, MaxPoolProportional, MaxPoolWinnerTakesAll,
-    PassThrough, PoolProportional, ReductionSplit, RelevanceSplit, UniformSplit, ZPlus,
+    DROP, FLAT, FlatInputZPlus, GateAsWeight, PassThrough, ReductionSplit, RelevanceSplit, UniformSplit, ZPlus,
 )
-from .tracing import TraceCache
 from .types import activation_types, normalization_types
 from .snapshot import ModelSnapshot
 
+DEFAULT_METHOD = "flows_skip_conservative"
+PAPER_VARIANTS = ("flows_skip", "flows_skip_simple", "latest", "simple")
 LayerMap = Sequence[tuple[tuple[type, ...] | type, Hook]]
 
 CONVOLUTION = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
@@ -199,6 +196,7 @@ class ResNetLRP(ResidualComposite, SpecialFirstLayerMapComposite):
             (CONVOLUTION, ZPlus(**rule_args)),
             (torch.nn.Linear, ZPlus(**rule_args)),
             (AVERAGE_POOL, PoolProportional(**rule_args)),
+            (torch.nn.Upsample, PoolProportional(**rule_args)),  # also a linear map of the input: nearest, bilinear
             (torch.nn.MaxPool2d, maxpool_rule),
         ]
         first = first_rule if first_rule is not None else self.first_rule
@@ -277,99 +275,3 @@ class AttnLRP(FlowsSkipConservative):
         fast = rule_args["fast"]
         return [((AttentionProduct, MatrixProduct), BilinearSplit("signed", fast=fast)),
                 (torch.nn.Softmax, SoftmaxRule(fast=fast))]
-
-
-class SplitCounterpart(ResidualComposite):
-    """Mixin for zennit's composites: Relevance Splitting (``split``, ``split_identity``) at the residual sums and
-    gates as weights, in front of the composite's own table (where zennit puts ``Norm``), batch norms merged as zennit's
-    ``ResNetCanonizer`` does; every keyword of the zennit composite is accepted."""
-
-    merge_batchnorm = True
-
-    def __init__(self, split: str = "ratio", split_identity: bool = True, layer_map: LayerMap | None = None,
-                 canonizers: Sequence[Canonizer] | None = None, **kwargs) -> None:
-        layer_map = [(ResidualSum, RelevanceSplit(split, split_identity)), (SumOver, ReductionSplit(split)),
-                     *explicit_module_rules()[:3]] \
-            + list(layer_map or [])
-        super().__init__(layer_map=layer_map, canonizers=self._with_residual_canonizer(canonizers), **kwargs)
-
-
-@register_composite("epsilon_plus_flat_split")
-class EpsilonPlusFlatSplit(SplitCounterpart, EpsilonPlusFlat):
-    """zennit's ``EpsilonPlusFlat`` with Relevance Splitting at the residual sums instead of ``Norm``."""
-
-
-@register_composite("epsilon_gamma_box_split")
-class EpsilonGammaBoxSplit(SplitCounterpart, EpsilonGammaBox):
-    """zennit's ``EpsilonGammaBox`` with Relevance Splitting at the residual sums instead of ``Norm``. ``low`` and
-    ``high`` default to the bounds of ImageNet-normalised images (:py:func:`box_bounds`)."""
-
-    def __init__(self, low: torch.Tensor | None = None, high: torch.Tensor | None = None, **kwargs) -> None:
-        default_low, default_high = box_bounds()
-        super().__init__(low=default_low if low is None else low, high=default_high if high is None else high,
-                         **kwargs)
-
-
-@register_composite("epsilon_alpha2_beta1_split")
-class EpsilonAlpha2Beta1Split(SplitCounterpart, EpsilonAlpha2Beta1):
-    """zennit's ``EpsilonAlpha2Beta1`` with Relevance Splitting at the residual sums instead of ``Norm``."""
-
-
-DEFAULT_METHOD = "flows_skip_conservative"
-PAPER_VARIANTS = ("flows_skip", "flows_skip_simple", "latest", "simple")
-OUR_COMPOSITES = {
-    name: COMPOSITES[name] for name in (
-        DEFAULT_METHOD, *PAPER_VARIANTS, "epsilon_plus_flat_split", "epsilon_gamma_box_split",
-        "epsilon_alpha2_beta1_split",
-    )
-}
-
-
-class UnknownCompositeError(ValueError):
-    """A composite name that is not registered."""
-
-
-def needs_box_bounds(name_or_class: str | type) -> bool:
-    """Whether the composite has a box rule, whose bounds depend on the input's normalisation."""
-    cls = COMPOSITES.get(name_or_class) if isinstance(name_or_class, str) else name_or_class
-    return isinstance(cls, type) and issubclass(cls, EpsilonGammaBox)
-
-
-def make_composite(method: str | Composite = DEFAULT_METHOD, bounds: tuple | None = None,
-                   cache: TraceCache | None = None) -> Composite:
-    """Return a fresh composite for ``method``: a name in zennit's registry (ours or zennit's) or an instance.
-
-    zennit's own composites get a residual canonizer with batch-norm merging (as zennit's ``ResNetCanonizer``
-    would give them), so their ``Norm`` rule applies at the sums instead of relevance doubling at every block.
-
-    Parameters
-    ----------
-    method : str or Composite
-        A registered name, or a composite (returned as it is).
-    bounds : (low, high), optional
-        The lowest and highest input values, for composites with a box rule; ImageNet's by default.
-    cache : TraceCache, optional
-        Where the residual canonizer keeps its traces: pass one to share them between composites (a run that makes
-        a composite per batch traces each module structure once).
-    """
-    if isinstance(method, Composite):
-        return method
-    if not isinstance(method, str) or method not in COMPOSITES:
-        raise UnknownCompositeError(f"unknown method {method!r}; choose one of: {', '.join(sorted(COMPOSITES))}")
-    cls = COMPOSITES[method]
-    kwargs = {}
-    if needs_box_bounds(cls):
-        kwargs["low"], kwargs["high"] = bounds if bounds is not None else box_bounds()
-    if issubclass(cls, ResidualComposite):
-        return cls(canonizers=[ResidualCanonizer(merge_batchnorm=cls.merge_batchnorm, cache=cache)], **kwargs)
-    composite = cls(canonizers=[ResidualCanonizer(merge_batchnorm=True, cache=cache)], **kwargs)
-    # the modules our canonizer adds get our rules (gates, products and scales as in ours); and zennit's Norm for its
-    # stacked Sum, in the form our sums take (their operands separate), where the composite has it
-    composite.layer_map[:0] = [(SumOver, ReductionSplit()), *explicit_module_rules()[:3]]
-    if any(_maps(types, Sum) for types, _ in composite.layer_map):
-        composite.layer_map.insert(0, (ResidualSum, RelevanceSplit("signed")))
-    return composite
-
-
-def _maps(types: tuple[type, ...] | type, kind: type) -> bool:
-    return any(issubclass(kind, item) for item in (types if isinstance(types, tuple) else (types,)))

@@ -103,7 +103,7 @@ class ConservationReport:
                 f"{float((block.leak / start).mean()):>11.3e}"
             )
         for name, kind, reason in self.attribution.untraced:
-            lines.append(f"{name:<{width}} not traced ({kind}: {reason}): its additions are not split")
+            lines.append(f"{name:<{width}} not traced ({kind}: {reason})")
         if self.violation is not None and self.violation.places:
             lines.append(f"relevance changes in {', '.join(map(str, self.violation.places[:3]))} (sample "
                          f"{self.violation.sample}; modules of type {', '.join(self.violation.kinds)})")

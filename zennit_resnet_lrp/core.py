@@ -44,6 +44,9 @@ class RelevanceRule(Hook):
     """
 
     keeps: tuple[int, ...] | None = None
+    # whether an input that cannot carry relevance (one that does not require a gradient: computed from sizes only,
+    # say) is read as zeros, so that a split hands it nothing and the others all
+    constants_as_zero: bool = False
 
     def __init__(self, fast: bool = True) -> None:
         super().__init__()
@@ -59,10 +62,12 @@ class RelevanceRule(Hook):
 
     def kept(self, inputs: tuple) -> tuple:
         """What is kept of ``inputs`` for :py:meth:`relevance`: the inputs :py:attr:`keeps` names, None for the
-        others."""
-        if self.keeps is None:
-            return tuple(inputs)
-        return tuple(x if index in self.keeps else None for index, x in enumerate(inputs))
+        others (zeros for those that carry no relevance, where :py:attr:`constants_as_zero`)."""
+        kept = tuple(x if self.keeps is None or index in self.keeps else None for index, x in enumerate(inputs))
+        if self.constants_as_zero and any(isinstance(x, torch.Tensor) and not x.requires_grad for x in kept):
+            kept = tuple(torch.zeros_like(x) if isinstance(x, torch.Tensor) and not x.requires_grad else x
+                         for x in kept)
+        return kept
 
     def propagate(self, module: torch.nn.Module, kept: tuple, shapes: tuple, relevance: torch.Tensor) -> tuple:
         """:py:meth:`relevance` as one tensor per input: an input's relevance summed to its shape where it was
@@ -128,10 +133,9 @@ class _Propagate(torch.autograd.Function):
         ctx.positions = [index for index, x in enumerate(kept) if isinstance(x, torch.Tensor)]
         ctx.save_for_backward(*(kept[index] for index in ctx.positions))
         output = forward(*inputs)
-        # an output that aliases an input would be a view of it that later in-place operations may not modify
-        if isinstance(output, torch.Tensor) and any(
-                output is x or output._base is x or output._base is not None and output._base is x._base
-                for x in inputs if isinstance(x, torch.Tensor)):
+        # an output that is an input or a view (of an input or of anything) would be a view made in a custom function,
+        # which later in-place operations may not modify
+        if isinstance(output, torch.Tensor) and (output._base is not None or any(output is x for x in inputs)):
             output = output.clone()
         return output
 

@@ -176,6 +176,17 @@ class Elementwise(torch.nn.Module):
         return ", ".join([name, *map(repr, self.args), *(f"{k}={v!r}" for k, v in self.kwargs.items())])
 
 
+class FunctionCall(torch.nn.Module):
+    """An activation, normalisation or other elementwise function called in a forward that is routed while it runs
+    (:py:mod:`~zennit_resnet_lrp.runtime_routing`): the function and its further arguments come with each call,
+    ``call(input, function=F.gelu, arguments=(), keywords={})``, so one module serves every such call; it passes
+    relevance as activations and normalisation layers do."""
+
+    def forward(self, input: torch.Tensor, *, function, arguments: tuple = (),  # noqa: A002 - the input
+                keywords: dict | None = None) -> torch.Tensor:
+        return function(input, *arguments, **(keywords or {}))
+
+
 class MatrixProduct(torch.nn.Module):
     """A matrix product of two input-dependent tensors, neither of them attention weights: ``q @ k.transpose(-2, -1)``
     (attention logits), or ``torch.einsum(equation, a, b)``.

@@ -8,14 +8,14 @@ import sys
 
 import torch
 
-from .layer import Elementwise, FunctionalNorm
+from .layer import Elementwise, FunctionCall, FunctionalNorm
 
 # zennit's Activation without MultiheadAttention (not an activation), with Mish and elementwise functions
 ACTIVATIONS = (
     torch.nn.ELU, torch.nn.Hardshrink, torch.nn.Hardsigmoid, torch.nn.Hardtanh, torch.nn.Hardswish, torch.nn.LeakyReLU,
     torch.nn.LogSigmoid, torch.nn.PReLU, torch.nn.ReLU, torch.nn.ReLU6, torch.nn.RReLU, torch.nn.SELU, torch.nn.CELU,
     torch.nn.GELU, torch.nn.Sigmoid, torch.nn.SiLU, torch.nn.Mish, torch.nn.Softplus, torch.nn.Softshrink,
-    torch.nn.Softsign, torch.nn.Tanh, torch.nn.Tanhshrink, torch.nn.Threshold, Elementwise,
+    torch.nn.Softsign, torch.nn.Tanh, torch.nn.Tanhshrink, torch.nn.Threshold, Elementwise, FunctionCall,
 )
 # normalisation layers of torch (each a per-sample, per-group affine map once its statistics are held constant)
 NORMALIZATIONS = (

@@ -29,7 +29,7 @@ def test_accuracy_and_size(name, held_out):
     inputs = loaded.preprocessing.normalize(torch.from_numpy(pixels).float() / 255)
     with torch.no_grad():
         accuracy = float((loaded.model(inputs).argmax(1) == torch.from_numpy(labels)).float().mean())
-    # measured: 0.987 (BasicBlock), 0.977 (Bottleneck), 0.977 (ConvNeXt), VIT_ACCURACY (ViT)
+    # measured: 0.987 (BasicBlock), 0.977 (Bottleneck), 0.977 (ConvNeXt), 0.972 (ViT)
     assert accuracy >= (0.95 if name == "demo-mnist-vit" else 0.97)
     assert len(lrp.attribute(loaded.model, inputs[:1], record_blocks=True).blocks) == 4
     assert sum(p.numel() for p in loaded.model.parameters()) * 4 < 2 * 2 ** 20
@@ -76,3 +76,39 @@ def test_faithfulness_ranking_on_held_out_digits(tmp_path):
     assert ours >= scores["integrated_gradients"]
     assert ours >= scores["gradcam"] + 0.05
     assert ours >= scores["zennit_epsilon_plus_flat"] - 0.02
+
+
+def _id_scores(tmp_path, name: str, methods: list[str]) -> dict[str, float]:
+    root = export_held_out(tmp_path / "digits", limit=100)
+    samples, _ = image_folder(root)
+    settings = EvaluationSettings(methods, CurveSpec(points=28), batch_size=256, images_per_step=50)
+    evaluate([(name, load_model(name))], samples, settings, tmp_path / "out")
+    return {row["method"]: row["id"] for row in summarize(read_rows(tmp_path / "out"), methods)}
+
+
+@pytest.mark.slow
+def test_faithfulness_ranking_on_convnext(tmp_path):
+    """ConvNeXt (layer norms, layer scale, GELU): the default clears every baseline on 100 held-out digits."""
+    methods = ["flows_skip_conservative", "gradient", "integrated_gradients", "captum_guided_backprop",
+               "captum_gradient_x_input", "gradcam", "random"]
+    scores = _id_scores(tmp_path, "demo-mnist-convnext", methods)
+    ours = scores.pop("flows_skip_conservative")
+    # measured on these 100 digits: ours 0.751, integrated gradients 0.706, gradient x input 0.489, guided backprop
+    # 0.279, Grad-CAM 0.114, random 0.025, gradient -0.260
+    margins = {"integrated_gradients": 0.02, "captum_gradient_x_input": 0.15, "captum_guided_backprop": 0.3,
+               "gradcam": 0.4, "random": 0.5, "gradient": 0.5}
+    for method, margin in margins.items():
+        assert ours >= scores[method] + margin, (method, ours, scores[method])
+
+
+@pytest.mark.slow
+def test_faithfulness_ranking_on_vit(tmp_path):
+    """ViT (attention, class token): the default clears AttnLRP, attention rollout, the gradient and random.
+    Integrated gradients is not among them: it scores higher on this model (docs/evaluation.md)."""
+    methods = ["flows_skip_conservative", "attnlrp", "gradient", "attention_rollout", "random"]
+    scores = _id_scores(tmp_path, "demo-mnist-vit", methods)
+    ours = scores.pop("flows_skip_conservative")
+    # measured on these 100 digits: ours 0.774, rollout 0.712, AttnLRP 0.704, gradient 0.246, random 0.013
+    margins = {"attnlrp": 0.03, "attention_rollout": 0.03, "gradient": 0.3, "random": 0.5}
+    for method, margin in margins.items():
+        assert ours >= scores[method] + margin, (method, ours, scores[method])

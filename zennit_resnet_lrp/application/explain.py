@@ -13,10 +13,11 @@ import torch
 from PIL import Image
 
 from ..attribution import AttributionError, attribute, locate_violation
-from ..composites import DEFAULT_METHOD, make_composite
+from ..composites import DEFAULT_METHOD
+from ..registry import make_composite
 from ..conservation import WARNING_TOLERANCE, violations
 from ..results import Attribution
-from ..tracing import TraceCache
+from ..rewriting import TraceCache
 from .demo import DEMO_MODELS, looks_like_a_digit
 from .files import write_atomic, write_csv, write_json
 from .heatmap import hatch, limit_of, normalize, overlay, quantize, render, to_photo

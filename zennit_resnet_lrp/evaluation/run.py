@@ -14,7 +14,7 @@ import torch
 from ..application.images import ImageError, open_image
 from ..application.methods import MethodContext, MethodError, get_method, method_names
 from ..application.models import LoadedModel
-from ..tracing import TraceCache
+from ..rewriting import TraceCache
 from .datasets import Sample
 from .metrics import CurveSpec, insertion_deletion
 from .protocol import OURS, PROTOCOLS, Protocol

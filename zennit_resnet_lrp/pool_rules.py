@@ -1,0 +1,66 @@
+"""Pooling and resampling rules: proportional through average pools and upsampling, and the max-pool rules (the
+reference's average stand-in, and the two conserving ones). Built on :py:class:`~.rules.PositiveProportional`; the
+formulas are in ``docs/method.md``."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.nn.modules.utils import _pair
+
+from .core import RelevanceRule
+from .maps import convolution_transpose, layout, linearised, padded, same_padding
+from .rules import PositiveProportional
+
+
+class PoolProportional(PositiveProportional):
+    """Proportional rule for average pooling and upsampling (the module itself is the linear map):
+    ``R_i = a_i (1/n) R / (avgpool(a) + epsilon)``; for ``nn.Upsample``, ``R_i = a_i sum_k U_ki R_k / (U a)_k``."""
+
+    def maps(self, module, input):
+        # the class forward: the instance one is the fast path's override
+        return [(input, *linearised(lambda x: type(module).forward(module, x), input))]
+
+
+class MaxPoolAverageStandIn(PositiveProportional):
+    """The reference implementation's max-pool rule: a 2x2, stride-2 average pool over the max-pool's input stands
+    in for the max-pool in the relevance pass. Its windows differ from the max-pool's, so relevance is lost
+    wherever a 2x2 window is all zero: use it only to reproduce the reference. Deviation: the stand-in rounds its
+    output size up (``ceil_mode``), the reference's down; the same on even sizes (112 at 224x224 inputs), and odd
+    sizes, where the reference's stand-in would not fit the max-pool's output, work."""
+
+    def maps(self, module, input):
+        return [(input, *linearised(lambda x: F.avg_pool2d(x, kernel_size=2, stride=2, ceil_mode=True), input))]
+
+
+class MaxPoolProportional(PositiveProportional):
+    """Conservative max-pool rule: each output's relevance is split over its real window in proportion to the
+    input values (the sum pool over the max-pool's own windows)."""
+
+    def maps(self, module, input):
+        if module.dilation not in (1, (1, 1)):
+            raise ValueError("MaxPoolProportional supports max-pools without dilation only")
+        dynamic = same_padding(module, input)  # timm's "same" max-pools pad at run time (with -inf: never the max)
+        if module.ceil_mode or input.ndim != 4:
+            return [(input, *linearised(lambda x: F.avg_pool2d(
+                padded(x, dynamic)[0], module.kernel_size, module.stride, module.padding, module.ceil_mode,
+                count_include_pad=True), input))]
+        # the same average pool as a depthwise convolution with weights 1/k^2 (zero padding counted): several times
+        # faster than avg_pool2d and its autograd backward on contiguous (NCHW) tensors
+        kernel, stride, padding = (_pair(getattr(module, key)) for key in ("kernel_size", "stride", "padding"))
+        channels = input.shape[1]
+        weight = torch.full((channels, 1, *kernel), 1 / (kernel[0] * kernel[1]), dtype=input.dtype,
+                            device=input.device).contiguous(memory_format=layout(input))
+        source, crop = padded(input, dynamic)
+        output = F.conv2d(source, weight, None, stride, padding, 1, channels)
+        transpose = convolution_transpose(source, weight, stride, padding, (1, 1), channels)
+        return [(input, output, lambda vector: crop(transpose(vector)))]
+
+
+class MaxPoolWinnerTakesAll(RelevanceRule):
+    """Conservative max-pool rule: each output's relevance goes to the input that won the max (its gradient)."""
+
+    keeps = (0,)
+
+    def relevance(self, module, inputs, relevance):
+        _, transpose = linearised(lambda x: type(module).forward(module, x), inputs[0])
+        return transpose(relevance)
