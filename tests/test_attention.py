@@ -26,6 +26,28 @@ def test_attention_values_rule_matches_its_formula():
     torch.testing.assert_close(to_values.sum(), relevance.sum(), rtol=1e-12, atol=0)
 
 
+def test_attention_values_rule_with_signed_weights_matches_its_formula():
+    """Weights mixed across heads (signed): ``R_v = v+ * A+^T (R / z) + v- * A-^T (R / z)``, ``z = A+ v+ + A- v-``;
+    where ``z = 0`` (every term zero: frequent with signed weights) the relevance is spread by ``|A|``."""
+    generator = torch.Generator().manual_seed(1)
+    weights = torch.randn(2, 3, 5, 5, generator=generator, dtype=torch.float64)
+    values = torch.randn(2, 3, 5, 4, generator=generator, dtype=torch.float64)
+    relevance = torch.rand(2, 3, 5, 4, generator=generator, dtype=torch.float64)
+    rule = lrp.AttentionValues(0.0, "flat")
+    _, to_values = rule.propagate(lrp.AttentionProduct(), (weights, values), (weights.shape, values.shape), relevance)
+    plus, minus = weights.clamp(min=0), weights.clamp(max=0)
+    positive, negative = values.clamp(min=0), values.clamp(max=0)
+    z = plus @ positive + minus @ negative
+    unsupported = z == 0
+    assert bool(unsupported.any()) and not bool(unsupported.all())
+    scaled = torch.where(unsupported, 0.0, relevance / z.where(~unsupported, 1.0))
+    expected = positive * (plus.transpose(-2, -1) @ scaled) + negative * (minus.transpose(-2, -1) @ scaled)
+    stray = relevance * unsupported
+    expected = expected + weights.abs().transpose(-2, -1) @ (stray / weights.abs().sum(-1, keepdim=True))
+    torch.testing.assert_close(to_values, expected, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(to_values.sum(), relevance.sum(), rtol=1e-12, atol=0)
+
+
 def test_bilinear_rule_matches_its_formula():
     """``q @ k^T``: the positive terms' shares (evenly where there is none), half to each factor."""
     generator = torch.Generator().manual_seed(1)
@@ -88,6 +110,7 @@ class Mixer(torch.nn.Module):
         else:
             self.qkv, self.proj = torch.nn.Linear(DIM, 3 * DIM), torch.nn.Linear(DIM, DIM)
             self.bias = torch.nn.Parameter(torch.randn(HEADS, 1, 1))  # a relative position bias, roughly
+            self.talk = torch.nn.Conv2d(HEADS, HEADS, 1)  # EfficientFormer v2's talking heads
 
     def forward(self, x):
         y = self.norm(x)
@@ -104,6 +127,8 @@ class Mixer(torch.nn.Module):
         elif self.form == "bmm":
             attn = torch.bmm(q.flatten(0, 1), k.flatten(0, 1).transpose(1, 2)) * (DIM // HEADS) ** -0.5
             out = torch.bmm(F.softmax(attn, dim=-1), v.flatten(0, 1)).reshape(n, HEADS, t, -1)
+        elif self.form == "talking_heads":  # probabilities mixed across heads: signed weights
+            out = self.talk((q @ k.transpose(-2, -1)).softmax(-1)) @ v
         else:  # "matmul": q @ k.transpose, a bias, softmax, dropout, @ v
             attn = (q * (DIM // HEADS) ** -0.5) @ k.transpose(-2, -1) + self.bias
             out = torch.matmul(F.dropout(attn.softmax(dim=-1), 0.0, self.training), v)
@@ -147,7 +172,7 @@ class TinyTransformer(torch.nn.Module):
         return self.head(self.norm(self.blocks(tokens))[:, 0])
 
 
-FORMS = ["matmul", "bmm", "einsum", "fused", "multihead", "windows"]
+FORMS = ["matmul", "bmm", "einsum", "fused", "multihead", "windows", "talking_heads"]
 
 
 def _model(form):
@@ -196,6 +221,43 @@ def test_class_token_accounting():
     result = lrp.attribute(NoMixing().double().eval(), make_inputs(2, 16))
     torch.testing.assert_close(result.absorbed, result.start, rtol=1e-12, atol=0)
     assert float(result.total.abs().max()) == 0
+
+
+class PairStage(torch.nn.Module):
+    """A stage that takes ``(patch tokens, class tokens)`` as one tuple, as PiT's do."""
+
+    def __init__(self):
+        super().__init__()
+        self.mixer = Mixer("matmul")
+
+    def forward(self, pair):
+        tokens, cls_tokens = pair
+        out = self.mixer(torch.cat((cls_tokens, tokens), dim=1))
+        return out[:, 1:], out[:, :1]
+
+
+def test_class_token_handed_to_a_child_inside_a_tuple_is_reported():
+    """The class token reaches the child as part of a tuple: its relevance is absorbed (reported), not lost."""
+
+    class TupleTokens(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.patches = torch.nn.Conv2d(3, DIM, PATCH, PATCH)
+            self.cls_token = torch.nn.Parameter(torch.randn(1, 1, DIM))
+            self.stages = torch.nn.Sequential(PairStage(), PairStage())
+            self.head = torch.nn.Linear(DIM, 10)
+
+        def forward(self, x):
+            tokens = self.patches(x).flatten(2).transpose(1, 2)
+            _, cls_tokens = self.stages((tokens, self.cls_token.expand(x.shape[0], -1, -1)))
+            return self.head(cls_tokens[:, 0])
+
+    torch.manual_seed(2)
+    model = TupleTokens().double().eval()
+    result = lrp.attribute(model, make_inputs(2, 16), tolerance=None)
+    assert float(result.absorbed.abs().min()) > 1e-3 * float(result.start.abs().min())
+    torch.testing.assert_close(result.total + result.absorbed, result.start, rtol=1e-10, atol=0)
+    assert all("forward" not in module.__dict__ for module in model.modules())
 
 
 def test_attnlrp_composite_runs_and_differs():

@@ -110,6 +110,44 @@ def test_upsampling_proportional(mode):
     assert float(result.sum()) == pytest.approx(float(relevance.sum()))
 
 
+def test_zplus_on_a_transposed_convolution_matches_its_formula():
+    """An upsampling transposed convolution (stride 2, output padding) as the dense linear map it is: z+ with ``W+``
+    read off the map of the clamped weights, ``a+ W+ + a- W-`` on a signed input."""
+    torch.manual_seed(0)
+    layer = torch.nn.ConvTranspose2d(2, 3, 3, stride=2, padding=1, output_padding=1).double()
+    a = torch.randn(1, 2, 3, 3, dtype=torch.float64)
+    relevance = torch.rand(1, 3, 6, 6, dtype=torch.float64)
+    result = _propagate(lrp.ZPlus(0.0), layer, a, relevance)
+
+    def dense(weight):  # row i: what input i contributes to every output
+        return torch.stack([torch.nn.functional.conv_transpose2d(torch.eye(18).double()[i].reshape(1, 2, 3, 3), weight,
+                                                                 None, 2, 1, 1).flatten() for i in range(18)])
+
+    plus, minus = dense(layer.weight.detach().clamp(min=0)), dense(layer.weight.detach().clamp(max=0))
+    positive, negative = a.flatten().clamp(min=0), a.flatten().clamp(max=0)
+    z = positive @ plus + negative @ minus
+    supported = z > 0  # elsewhere no input contributes: that relevance is dropped (unsupported="drop")
+    scaled = torch.where(supported, relevance.flatten() / z.where(supported, 1.0), 0.0)
+    expected = positive * (plus @ scaled) + negative * (minus @ scaled)
+    torch.testing.assert_close(result.flatten(), expected)
+    assert float(result.sum()) == pytest.approx(float((relevance.flatten() * supported).sum()))
+
+
+def test_padding_gives_its_relevance_to_the_edge_it_extends():
+    """Each padded position's relevance to the input element nearest to it (clamped indices), the rest in place:
+    nothing lost, where cropping (zero padding's gradient) would drop the border's relevance."""
+    pad = torch.nn.ZeroPad2d((1, 0, 2, 1))  # left, right, top, bottom
+    x = torch.rand(2, 3, 3, 4, dtype=torch.float64)
+    relevance = torch.rand(2, 3, 6, 5, dtype=torch.float64)
+    result = _propagate(lrp.PaddingToEdge(), pad, x, relevance)
+    expected = torch.zeros_like(x)
+    for h in range(6):
+        for w in range(5):
+            expected[..., min(max(h - 2, 0), 2), min(max(w - 1, 0), 3)] += relevance[..., h, w]
+    torch.testing.assert_close(result, expected)
+    torch.testing.assert_close(result.sum((1, 2, 3)), relevance.sum((1, 2, 3)))
+
+
 def test_rule_copies_are_independent_on_the_hook_path_and_shared_on_the_fast_path():
     """zennit's hooks store the module's input on the rule, so each module needs its own copy; the fast path keeps
     that state in the autograd context, so one stateless instance serves every module."""

@@ -24,7 +24,9 @@ from .layer import (
 )
 from .recording import ModuleRelevance, RelevanceRecorder
 from .results import Attribution, relative_error
-from .pool_rules import MaxPoolAverageStandIn, MaxPoolProportional, MaxPoolWinnerTakesAll, PoolProportional
+from .pool_rules import (
+    MaxPoolAverageStandIn, MaxPoolProportional, MaxPoolWinnerTakesAll, PaddingToEdge, PoolProportional,
+)
 from .rules import (
     FlatInputZPlus, GateAsWeight, PassThrough, PositiveProportional, ReductionSplit, RelevanceSplit, UniformSplit,
     ZPlus,

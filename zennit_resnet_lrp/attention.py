@@ -25,12 +25,15 @@ class _Weighted:
 
 
 class AttentionValues(PositiveProportional):
-    """For an :py:class:`~zennit_resnet_lrp.layer.AttentionProduct` ``A @ v``: the weights ``A`` (a softmax's output,
-    non-negative) held constant, the values get z+ through the linear map ``v -> A v``:
-    ``R_v = v+ * A^T (R / (A v+))`` (per head and value channel), spread by ``A`` where ``A v+ = 0``; the weights get
-    nothing. See :py:class:`~zennit_resnet_lrp.rules.PositiveProportional` for the parameters."""
+    """For an :py:class:`~zennit_resnet_lrp.layer.AttentionProduct` ``A @ v``: the weights ``A`` held constant, the
+    values get z+ through the linear map ``v -> A v``: ``R_v = v+ * A+^T (R / z) + v- * A-^T (R / z)`` with
+    ``z = A+ v+ + A- v-`` (per head and value channel), spread by ``|A|`` where ``z = 0``; the weights get nothing.
+    For a softmax's weights (non-negative) this is ``v+ * A^T (R / (A v+))``; signed weights come from mixing the
+    probabilities across heads ("talking heads"). See :py:class:`~zennit_resnet_lrp.rules.PositiveProportional` for
+    the parameters."""
 
     keeps = None  # the weights and the values
+    nonnegative_map = True
 
     def relevance(self, module, inputs, relevance):
         weights, values = inputs
@@ -38,10 +41,15 @@ class AttentionValues(PositiveProportional):
 
     def maps(self, weighted, values):
         positive = values.clamp(min=0)
-        return [(positive, *linearised(weighted, positive))]
+        if bool(weighted.weights.amin() >= 0):
+            return [(positive, *linearised(weighted, positive))]
+        negative = values.clamp(max=0)
+        plus = _Weighted(weighted.module, weighted.weights.clamp(min=0))
+        minus = _Weighted(weighted.module, weighted.weights.clamp(max=0))
+        return [(positive, *linearised(plus, positive)), (negative, *linearised(minus, negative))]
 
     def flat_maps(self, weighted, values):
-        yield linearised(weighted, torch.ones_like(values))
+        yield linearised(_Weighted(weighted.module, weighted.weights.abs()), torch.ones_like(values))
 
 
 class BilinearSplit(RelevanceRule):

@@ -15,7 +15,9 @@ from zennit.types import BatchNorm
 from .canonizers import ResidualCanonizer
 from .attention import AttentionValues, BilinearSplit, SoftmaxRule
 from .layer import AttentionProduct, FunctionalPool, GatedProduct, MatrixProduct, Product, ResidualSum, Scale, SumOver
-from .pool_rules import MaxPoolAverageStandIn, MaxPoolProportional, MaxPoolWinnerTakesAll, PoolProportional
+from .pool_rules import (
+    MaxPoolAverageStandIn, MaxPoolProportional, MaxPoolWinnerTakesAll, PaddingToEdge, PoolProportional,
+)
 from .rules import (
     DROP, FLAT, FlatInputZPlus, GateAsWeight, PassThrough, ReductionSplit, RelevanceSplit, UniformSplit, ZPlus,
 )
@@ -27,6 +29,8 @@ PAPER_VARIANTS = ("flows_skip", "flows_skip_simple", "latest", "simple")
 LayerMap = Sequence[tuple[tuple[type, ...] | type, Hook]]
 
 CONVOLUTION = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
+PADDING = (torch.nn.ConstantPad1d, torch.nn.ConstantPad2d, torch.nn.ConstantPad3d)  # zero padding included
+TRANSPOSED_CONVOLUTION = (torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d)
 AVERAGE_POOL = (torch.nn.AdaptiveAvgPool1d, torch.nn.AdaptiveAvgPool2d, torch.nn.AdaptiveAvgPool3d,
                 torch.nn.AvgPool1d, torch.nn.AvgPool2d, torch.nn.AvgPool3d, FunctionalPool)
 FIRST_RULES = {"flat": FlatInputZPlus, "zplus": ZPlus}
@@ -194,9 +198,11 @@ class ResNetLRP(ResidualComposite, SpecialFirstLayerMapComposite):
             *self.attention_rules(rule_args),
             *explicit_module_rules(fast),
             (CONVOLUTION, ZPlus(**rule_args)),
+            (TRANSPOSED_CONVOLUTION, ZPlus(**rule_args)),  # upsampling (LowFormer): z+ through its linear map
             (torch.nn.Linear, ZPlus(**rule_args)),
             (AVERAGE_POOL, PoolProportional(**rule_args)),
             (torch.nn.Upsample, PoolProportional(**rule_args)),  # also a linear map of the input: nearest, bilinear
+            (PADDING, PaddingToEdge(fast=fast)),
             (torch.nn.MaxPool2d, maxpool_rule),
         ]
         first = first_rule if first_rule is not None else self.first_rule

@@ -172,6 +172,21 @@ def is_gate(node: Node, module: torch.nn.Module, kinds: dict | None = None) -> b
     return False
 
 
+def is_attention_weights(node: Node, module: torch.nn.Module, kinds: dict | None = None) -> bool:
+    """Whether ``node`` holds attention weights: a softmax's (or gate's) output, or such an output mixed across heads
+    by a linear child (EfficientFormer v2's "talking heads", a 1x1 convolution after the softmax)."""
+    if is_gate(node, module, kinds):
+        return True
+    node = _through_reshapes(node, module)
+    if node is None or node.op != "call_module" or not node.args or not isinstance(node.args[0], Node):
+        return False
+    child = child_of(module, node.target)
+    return isinstance(child, _MIXING_MODULES) and is_gate(node.args[0], module, kinds)
+
+
+_MIXING_MODULES = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d)
+
+
 def is_gate_module(child: torch.nn.Module) -> bool:
     """Whether a module computes a gate: a sigmoid-like or softmax module (by type or name), or one whose own forward
     ends in one."""

@@ -99,11 +99,15 @@ def padded(input: torch.Tensor, padding: tuple[int, int, int, int] | None) -> tu
 
 
 def weighted_map(module: torch.nn.Module, input: torch.Tensor, weight: torch.Tensor) -> tuple:
-    """``(f(input), transpose of f)`` for the convolution or linear layer ``module`` with ``weight`` in place of its
+    """``(f(input), transpose of f)`` for the convolution (also transposed) or linear layer ``module`` with ``weight`` in place of its
     own and no bias, padded as its forward pads; the transpose in closed form where there is one."""
     with torch.no_grad():
         if isinstance(module, torch.nn.Linear):
             return F.linear(input, weight), lambda vector: vector @ weight
+        if isinstance(module, torch.nn.modules.conv._ConvTransposeNd):  # upsampling: its forward's output padding
+            transposed = getattr(F, f"conv_transpose{input.ndim - 2}d")
+            return linearised(lambda x: transposed(x, weight, None, module.stride, module.padding,
+                                                   module.output_padding, module.groups, module.dilation), input)
         if module.padding_mode == "zeros" and not isinstance(module.padding, str):
             source, crop = padded(input, same_padding(module, input))
             output = module._conv_forward(source, weight, None)

@@ -64,3 +64,22 @@ class MaxPoolWinnerTakesAll(RelevanceRule):
     def relevance(self, module, inputs, relevance):
         _, transpose = linearised(lambda x: type(module).forward(module, x), inputs[0])
         return transpose(relevance)
+
+
+class PaddingToEdge(RelevanceRule):
+    """For zero (or constant) padding: the relevance that reaches the padding goes to the input element at the edge
+    it extends, the adjoint of replicate padding: ``R_in = P_edge^T R``. Zero padding's own adjoint (cropping) would
+    lose it, and the padding gets relevance whenever a rule spreads relevance flat (a unit no input supports)."""
+
+    keeps = ()
+
+    def relevance(self, module, inputs, relevance):
+        pad = tuple(module.padding)
+        if min(pad) < 0 or relevance.ndim != len(pad) // 2 + 2:  # cropping, or no batch dim: zero padding's adjoint
+            return F.pad(relevance, tuple(-p for p in pad))
+        shape = [*relevance.shape[:2]] + [size - pad[-2 * i - 2] - pad[-2 * i - 1]
+                                          for i, size in enumerate(relevance.shape[2:])]
+        with torch.enable_grad():
+            source = relevance.new_zeros(shape, requires_grad=True)
+            (result,) = torch.autograd.grad(F.pad(source, pad, mode="replicate"), source, relevance)
+        return result

@@ -19,7 +19,9 @@ import torch.fx
 import torch.nn.functional as F
 
 from .functional_routes import route_function
-from .graph_analysis import Analysis, ChildNames, Node, Route, binary_operands, insert, is_gate, reads_size
+from .graph_analysis import (
+    Analysis, ChildNames, Node, Route, binary_operands, insert, is_attention_weights, is_gate, reads_size,
+)
 from .layer import (
     Attention, AttentionProduct, GatedProduct, MatrixProduct, Product, ResidualSum, Scale, Token, TokenConcat,
 )
@@ -67,18 +69,25 @@ def _linear_through_child(graph: torch.fx.Graph, node: Node, analysis: Analysis)
 
 def _mark_tokens(graph: torch.fx.Graph, node: Node, names: ChildNames, analysis: Analysis) -> None:
     """A child called with a tensor of the model's own besides the input-dependent ones (a class token handed to a
-    block): that argument through a :py:class:`Token`, which reports the relevance it takes."""
-    if not any(isinstance(arg, Node) and arg in analysis.dependent for arg in node.args):
+    block, also inside a tuple as PiT's stages take it): that argument through a :py:class:`Token`, which reports the
+    relevance it takes."""
+    given: list[Node] = []
+    torch.fx.node.map_arg(node.args, given.append)
+    if not any(arg in analysis.dependent for arg in given):
         return
-    args = list(node.args)
-    for index, arg in enumerate(args):
-        if isinstance(arg, Node) and arg not in analysis.dependent and not reads_size(arg) \
-                and any(item.op == "get_attr" for item in analysis.ancestors[arg]):
-            name = names.new("token", Token)
+    tokens: dict[Node, Node] = {}
+
+    def through_token(arg: Node) -> Node:
+        if arg in analysis.dependent or reads_size(arg) or not any(item.op == "get_attr"
+                                                                   for item in analysis.ancestors[arg]):
+            return arg
+        if arg not in tokens:
             with graph.inserting_before(node):
-                args[index] = graph.call_module(name, (arg,))
-            analysis.ancestors[args[index]] = analysis.ancestors[arg] | {args[index]}
-    node.args = tuple(args)
+                tokens[arg] = graph.call_module(names.new("token", Token), (arg,))
+            analysis.ancestors[tokens[arg]] = analysis.ancestors[arg] | {tokens[arg]}
+        return tokens[arg]
+
+    node.args = torch.fx.node.map_arg(node.args, through_token)
 
 
 def _route_sum(node: Node, analysis: Analysis) -> Route | None:
@@ -162,7 +171,7 @@ def _route_attention(node: Node, analysis: Analysis) -> Route | None:
     equation, operands = _matrix_operands(node)
     if operands is None or not all(isinstance(o, Node) and o in analysis.dependent for o in operands):
         return None
-    gates = [is_gate(operand, analysis.module, analysis.kinds) for operand in operands]
+    gates = [is_attention_weights(operand, analysis.module, analysis.kinds) for operand in operands]
     if gates[0] or gates[1] and equation is not None:
         if not gates[0]:
             operands, equation = operands[::-1], _swapped(equation)
