@@ -1,11 +1,12 @@
-"""Measure conservation of the default method on the ResNet families the tests cover (the README's models table).
+"""Measure conservation of the default method on the ResNet families the tests cover and on ViT, DeiT and Swin (the README's models table).
 
     python scripts/measure_families.py
 
-Random weights and random batch-norm statistics (the tests' builders), float64, two 64x64 inputs. Prints a markdown
+Random weights and random batch-norm statistics (the tests' builders), float64, two 64x64 inputs (224x224 for the
+transformers). Prints a markdown
 table: residual blocks found, gates routed, the largest |input relevance - start| / start, the largest relevance
-leak of any block (as a fraction of the start), and the input relevance of the paper's flows_skip (its reference
-leaks only).
+leak of any block (as a fraction of the start), and the input relevance of the paper's flows_skip (with what a class
+token absorbs; its reference leaks only).
 """
 from __future__ import annotations
 
@@ -27,7 +28,11 @@ MODELS = [
     ("timm", "seresnext26d_32x4d"), ("timm", "ecaresnet26t"), ("timm", "skresnet18"), ("timm", "res2net50_26w_4s"),
     ("timm", "resnetrs50"), ("timm", "resnetv2_50"), ("timm", "regnety_002"),
     ("hand-written", "cifar_resnet20"), ("hand-written", "preact_resnet"),
+    ("torchvision", "vit_b_16"), ("torchvision", "swin_t"), ("timm", "vit_tiny_patch16_224"),
+    ("timm", "deit_tiny_patch16_224"), ("timm", "swin_tiny_patch4_window7_224"),
 ]
+SIZES = {"vit_b_16": 224, "vit_tiny_patch16_224": 224, "deit_tiny_patch16_224": 224,
+         "swin_tiny_patch4_window7_224": 224}  # transformers of a fixed input size; the rest 64x64
 
 
 def model_for(source: str, name: str) -> torch.nn.Module:
@@ -39,8 +44,8 @@ def model_for(source: str, name: str) -> torch.nn.Module:
 def main() -> None:
     print("| source | model | blocks | gates | input error (max) | block leak (max) | flows_skip: input / start |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
-    inputs = make_inputs(2, 64)
     for source, name in MODELS:
+        inputs = make_inputs(2, SIZES.get(name, 64))
         model = model_for(source, name)
         report = lrp.check_conservation(model, inputs)
         result = report.attribution
@@ -48,7 +53,8 @@ def main() -> None:
         with lrp.FlowsSkipConservative().context(model):
             gates = sum(isinstance(module, lrp.GatedProduct) for module in model.modules())
         paper = lrp.attribute(model, inputs, "flows_skip", tolerance=None)
-        ratio = paper.total / paper.start
+        kept = paper.total if paper.absorbed is None else paper.total + paper.absorbed  # a class token's share too
+        ratio = kept / paper.start
         print(f"| {source} | {name} | {len(result.blocks)} | {gates} | {float(report.error.max()):.1e} | "
               f"{leak:.1e} | {float(ratio.min()):.3f}-{float(ratio.max()):.3f} |", flush=True)
 

@@ -260,6 +260,48 @@ def test_class_token_handed_to_a_child_inside_a_tuple_is_reported():
     assert all("forward" not in module.__dict__ for module in model.modules())
 
 
+def test_position_encoding_computed_from_sizes_takes_no_relevance():
+    """XCiT: the patch embedding returns the tokens and the grid's size as a tuple, and a child computes the position
+    encoding from that size alone; the sum of tokens and encoding hands the encoding nothing (it does not depend on
+    the image), so the image keeps all relevance; the parameters' ``requires_grad`` is as it was after."""
+
+    class Patches(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Conv2d(3, DIM, PATCH, PATCH)
+
+        def forward(self, x):
+            x = self.proj(x)
+            return x.flatten(2).transpose(1, 2), (x.shape[2], x.shape[3])
+
+    class Encoding(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(2, DIM)
+
+        def forward(self, batch: int, height: int, width: int):
+            grid = torch.stack(torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij"), -1)
+            return self.proj(grid.flatten(0, 1).to(self.proj.weight)).expand(batch, -1, -1)
+
+    class SizeEncoded(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.patches, self.encoding = Patches(), Encoding()
+            self.mixer, self.head = Mixer("matmul"), torch.nn.Linear(DIM, 10)
+
+        def forward(self, x):
+            tokens, (height, width) = self.patches(x)
+            tokens = tokens + self.encoding(x.shape[0], height, width)
+            return self.head(self.mixer(tokens).mean(1))
+
+    torch.manual_seed(3)
+    model = SizeEncoded().double().eval()
+    model.head.weight.requires_grad_(False)  # a caller's choice, kept
+    result = lrp.attribute(model, make_inputs(2, 16), tolerance=None)
+    torch.testing.assert_close(result.total, result.start, rtol=1e-10, atol=0)
+    assert [name for name, p in model.named_parameters() if not p.requires_grad] == ["head.weight"]
+
+
 def test_attnlrp_composite_runs_and_differs():
     model, inputs = _model("matmul"), make_inputs(2, 16)
     default = lrp.attribute(model, inputs, tolerance=None)

@@ -226,7 +226,7 @@ def _registered(model, composite, watch) -> Iterator[tuple[RelevanceRecorder | N
     """``composite`` registered on ``model`` in eval mode, with a recorder of the watched modules and one of the
     relevance the model's own tokens absorb; taken off and the model restored exactly afterwards, also on errors."""
     recorder = absorption = None
-    with evaluating(model):
+    with evaluating(model), _parameters_constant(model):
         try:
             if isinstance(composite, ResidualComposite):
                 composite.register(model, snapshot=False)  # evaluating() restores the model
@@ -245,6 +245,21 @@ def _registered(model, composite, watch) -> Iterator[tuple[RelevanceRecorder | N
                 if hooks is not None:
                     hooks.remove()
             composite.remove()
+
+
+@contextmanager
+def _parameters_constant(model: torch.nn.Module) -> Iterator[None]:
+    """The model's parameters not requiring gradients while it is attributed, then as they were: what is computed from
+    parameters and sizes alone (XCiT's Fourier position encoding) then does not require a gradient either, and a split
+    hands it no relevance (``constants_as_zero``); the model's own tokens are made leaves of their own."""
+    trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    try:
+        for parameter in trainable:
+            parameter.requires_grad_(False)
+        yield
+    finally:
+        for parameter in trainable:
+            parameter.requires_grad_(True)
 
 
 def _attribute_chunk(model, chunk: torch.Tensor, request: _Request, begin: int,
