@@ -146,6 +146,13 @@ def test_padding_gives_its_relevance_to_the_edge_it_extends():
             expected[..., min(max(h - 2, 0), 2), min(max(w - 1, 0), 3)] += relevance[..., h, w]
     torch.testing.assert_close(result, expected)
     torch.testing.assert_close(result.sum((1, 2, 3)), relevance.sum((1, 2, 3)))
+    shift = torch.nn.ZeroPad2d((-1, 1, -1, 1))  # NASNet's: crop the first row and column, pad the last
+    result = _propagate(lrp.PaddingToEdge(), shift, x, relevance[..., :3, :4])
+    expected = torch.zeros_like(x)
+    for h in range(3):
+        for w in range(4):
+            expected[..., min(h + 1, 2), min(w + 1, 3)] += relevance[..., h, w]
+    torch.testing.assert_close(result, expected)
 
 
 def test_rule_copies_are_independent_on_the_hook_path_and_shared_on_the_fast_path():

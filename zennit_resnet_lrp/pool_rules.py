@@ -69,17 +69,20 @@ class MaxPoolWinnerTakesAll(RelevanceRule):
 class PaddingToEdge(RelevanceRule):
     """For zero (or constant) padding: the relevance that reaches the padding goes to the input element at the edge
     it extends, the adjoint of replicate padding: ``R_in = P_edge^T R``. Zero padding's own adjoint (cropping) would
-    lose it, and the padding gets relevance whenever a rule spreads relevance flat (a unit no input supports)."""
+    lose it, and the padding gets relevance whenever a rule spreads relevance flat (a unit no input supports).
+    Negative widths crop: what they cut off gets nothing."""
 
     keeps = ()
 
     def relevance(self, module, inputs, relevance):
         pad = tuple(module.padding)
-        if min(pad) < 0 or relevance.ndim != len(pad) // 2 + 2:  # cropping, or no batch dim: zero padding's adjoint
+        if relevance.ndim != len(pad) // 2 + 2:  # no batch dimension: zero padding's own adjoint
             return F.pad(relevance, tuple(-p for p in pad))
-        shape = [*relevance.shape[:2]] + [size - pad[-2 * i - 2] - pad[-2 * i - 1]
+        # negative widths crop (NASNet shifts by one: (-1, 1, -1, 1)): the cropped-off input gets nothing
+        grown = tuple(max(p, 0) for p in pad)
+        shape = [*relevance.shape[:2]] + [size - grown[-2 * i - 2] - grown[-2 * i - 1]
                                           for i, size in enumerate(relevance.shape[2:])]
         with torch.enable_grad():
             source = relevance.new_zeros(shape, requires_grad=True)
-            (result,) = torch.autograd.grad(F.pad(source, pad, mode="replicate"), source, relevance)
-        return result
+            (result,) = torch.autograd.grad(F.pad(source, grown, mode="replicate"), source, relevance)
+        return F.pad(result, tuple(-min(p, 0) for p in pad))
