@@ -241,7 +241,7 @@ REASONS = {
     "volo_d1_224": "`F.fold` sums overlapping patches: its gradient hands each output's relevance to every patch "
                    "that overlaps it (relevance grows 6x); fold and unfold have no rule yet",
 }
-TOO_LARGE = "too large for this machine: float64 weights and activations beyond the measuring process's memory limit"
+TOO_LARGE = "float64 weights and activations beyond the measuring process's memory limit (`--memory`, GiB)"
 
 
 def report(rows: list[dict]) -> str:

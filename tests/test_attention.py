@@ -311,15 +311,17 @@ def test_attnlrp_composite_runs_and_differs():
 
 
 @pytest.mark.parametrize("version", [1, 2])
-def test_torchvision_swin_decomposed_and_conserving(version):
+@pytest.mark.parametrize("size", [32, 40])
+def test_torchvision_swin_decomposed_and_conserving(version, size):
     """torchvision's shifted window attention (a function hidden from torch.fx) through explicit modules: the same
-    output, and the default conserves."""
+    output, and the default conserves; at 40 pixels the feature maps (10x10, 5x5) are padded to whole windows, whose
+    padded tokens' relevance goes back to the edge."""
     from torchvision.models import swin_transformer as swin
 
     torch.manual_seed(version)
     extra = {} if version == 1 else {"block": swin.SwinTransformerBlockV2, "downsample_layer": swin.PatchMergingV2}
     model = swin.SwinTransformer([4, 4], 16, [2, 2], [2, 2], [4, 4], num_classes=10, **extra).double().eval()
-    inputs = make_inputs(2, 32)
+    inputs = make_inputs(2, size)
     with torch.no_grad():
         expected = model(inputs)
         with lrp.FlowsSkipConservative().context(model):

@@ -1,8 +1,8 @@
 """torchvision's shifted window attention (Swin and Swin V2) through explicit modules. Its forward calls
 ``shifted_window_attention``, a function torchvision hides from ``torch.fx``; here the same computation calls the
 module's own ``qkv`` and ``proj`` layers and explicit attention modules, so that the rules see it: the windows'
-partition, cyclic shift and merge move relevance as they move values, the relative position bias and the shift mask
-are constants on the logits."""
+padding (where the feature map is not a multiple of the window), partition, cyclic shift and merge move relevance as
+they move values, the relative position bias and the shift mask are constants on the logits."""
 from __future__ import annotations
 
 import math
@@ -12,13 +12,14 @@ import torch.nn.functional as F
 
 from .layer import AttentionProduct, MatrixProduct
 
-CHILDREN = ("logits", "softmax", "values")
+CHILDREN = ("padding", "logits", "softmax", "values")
 
 
 def decompose(module: torch.nn.Module) -> list[str]:
     """Give a ``ShiftedWindowAttention`` (V1 or V2) explicit attention children and a forward that uses them; return
     the names added."""
-    children = {"logits": MatrixProduct(), "softmax": torch.nn.Softmax(-1), "values": AttentionProduct()}
+    children = {"padding": torch.nn.ZeroPad3d(0), "logits": MatrixProduct(), "softmax": torch.nn.Softmax(-1),
+                "values": AttentionProduct()}
     for name, child in children.items():
         module.add_module(name, child)
     module.__dict__["forward"] = forward.__get__(module)
@@ -50,7 +51,10 @@ def forward(self, x: torch.Tensor) -> torch.Tensor:
     batch, height, width, channels = x.shape
     window, heads = list(self.window_size), self.num_heads
     pad_right, pad_bottom = (window[1] - width % window[1]) % window[1], (window[0] - height % window[0]) % window[0]
-    x = F.pad(x, (0, 0, 0, pad_right, 0, pad_bottom))
+    # through a padding child: the padded tokens' relevance goes to the edge tokens (its rule), where the function's
+    # gradient would drop it; its widths are this call's, read back by the rule in the same backward pass
+    self.padding.padding = (0, 0, 0, pad_right, 0, pad_bottom)
+    x = self.padding(x.unsqueeze(1)).squeeze(1)
     _, padded_height, padded_width, _ = x.shape
     shift = [0 if window[0] >= padded_height else self.shift_size[0], 0 if window[1] >= padded_width
              else self.shift_size[1]]
