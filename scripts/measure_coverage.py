@@ -238,6 +238,12 @@ REASONS = {
     "tnt_s_legacy_patch16_224": "relevance grows by about 2% in the blocks that feed the pixel tokens back into the "
                                 "patch tokens (`patch_embed[:, 1:] + proj(pixel_embed)`, the pixel tokens also handed "
                                 "on to the next block); not located more closely yet",
+    "deepseek_vit_412m": "float64 attention over 546x546 inputs needs more memory than this 24 GiB machine gives one "
+                         "process (tried with `--memory 21`)",
+    "gemma4_vit_167m": "float64 attention over 768x768 inputs needs more memory than this 24 GiB machine gives one "
+                       "process (tried with `--memory 21`)",
+    "qwen3_vit_88m": "float64 attention over 768x768 inputs needs more memory than this 24 GiB machine gives one "
+                     "process (tried with `--memory 21`)",
     "volo_d1_224": "`F.fold` sums overlapping patches: its gradient hands each output's relevance to every patch "
                    "that overlaps it (relevance grows 6x); fold and unfold have no rule yet",
 }
