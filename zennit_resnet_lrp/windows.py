@@ -12,8 +12,6 @@ import torch.nn.functional as F
 
 from .layer import AttentionProduct, MatrixProduct
 
-CHILDREN = ("padding", "logits", "softmax", "values")
-
 
 def decompose(module: torch.nn.Module) -> list[str]:
     """Give a ``ShiftedWindowAttention`` (V1 or V2) explicit attention children and a forward that uses them; return
