@@ -15,6 +15,7 @@ from zennit.types import BatchNorm
 from .canonizers import ResidualCanonizer
 from .attention import AttentionValues, BilinearSplit, SoftmaxRule
 from .layer import AttentionProduct, FunctionalPool, GatedProduct, MatrixProduct, Product, ResidualSum, Scale, SumOver
+from .patches import CopiesBack, Fold, FoldSplit
 from .pool_rules import (
     MaxPoolAverageStandIn, MaxPoolProportional, MaxPoolWinnerTakesAll, PaddingToEdge, PoolProportional,
 )
@@ -195,6 +196,8 @@ class ResNetLRP(ResidualComposite, SpecialFirstLayerMapComposite):
         layer_map = list(layer_map or []) + [
             (ResidualSum, RelevanceSplit(self.split, self.split_identity, fast=fast)),
             (SumOver, ReductionSplit(self.split, fast=fast)),
+            ((Fold, torch.nn.Fold), FoldSplit(self.split, fast=fast)),  # a sum of overlapping columns
+            (torch.nn.Unfold, CopiesBack(fast=fast)),
             *self.attention_rules(rule_args),
             *explicit_module_rules(fast),
             (CONVOLUTION, ZPlus(**rule_args)),

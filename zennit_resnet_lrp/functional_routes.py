@@ -1,5 +1,5 @@
-"""Activations, average pools, normalisations, reductions and other elementwise functions written as functions in a
-forward (``F.gelu(x)``, ``x.mean((2, 3))``, ``F.layer_norm(...)``, ``x.sum(1)``, ``x ** 2``): routed through the
+"""Activations, average pools, normalisations, reductions, folds and other elementwise functions written as functions
+in a forward (``F.gelu(x)``, ``x.mean((2, 3))``, ``F.layer_norm(...)``, ``x.sum(1)``, ``x ** 2``, ``F.fold(...)``): routed through the
 modules that compute the same, so that composites give them their rules."""
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from .graph_analysis import VARIABLE, Analysis, Node, Route, holds_node, size_argument
 from .layer import SLOT, Elementwise, FunctionalNorm, FunctionalPool, SumOver
+from .patches import Fold
 
 
 # functional activation -> the module that computes the same (built with the call's further arguments)
@@ -57,6 +58,8 @@ def route_function(node: Node, analysis: Analysis) -> Route | None:
         return _route_norm(node)
     elif node.op == "call_function" and node.target is torch.sum or node.op == "call_method" and node.target == "sum":
         return _route_reduction(node)
+    elif node.op == "call_function" and node.target is F.fold:
+        return _route_fold(node)
     elif node.op == "call_function" and node.target in ELEMENTWISE_FUNCTIONS \
             or node.op == "call_method" and node.target in ELEMENTWISE_METHODS:
         return _route_elementwise(node)
@@ -75,6 +78,20 @@ def _route_reduction(node: Node) -> Route | None:
     if dim is None or holds_node(dim) or holds_node(keepdim):
         return None
     return Route("sum", lambda: SumOver(dim, keepdim), (node.args[0],))
+
+
+def _route_fold(node: Node) -> Route | None:
+    """``F.fold`` with a constant window geometry; the output size may be read off a tensor at run time."""
+    try:
+        bound = inspect.signature(F.fold).bind(*node.args, **node.kwargs)
+    except (TypeError, ValueError):
+        return None
+    bound.apply_defaults()
+    geometry = {key: bound.arguments[key] for key in ("kernel_size", "dilation", "padding", "stride")}
+    if any(holds_node(value) for value in geometry.values()):
+        return None
+    return Route("fold", lambda: Fold(**geometry), (node.args[0],),
+                 keywords={"output_size": bound.arguments["output_size"]})
 
 
 def _route_elementwise(node: Node) -> Route | None:

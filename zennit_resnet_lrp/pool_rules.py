@@ -80,9 +80,15 @@ class PaddingToEdge(RelevanceRule):
             return F.pad(relevance, tuple(-p for p in pad))
         # negative widths crop (NASNet shifts by one: (-1, 1, -1, 1)): the cropped-off input gets nothing
         grown = tuple(max(p, 0) for p in pad)
-        shape = [*relevance.shape[:2]] + [size - grown[-2 * i - 2] - grown[-2 * i - 1]
-                                          for i, size in enumerate(relevance.shape[2:])]
-        with torch.enable_grad():
-            source = relevance.new_zeros(shape, requires_grad=True)
-            (result,) = torch.autograd.grad(F.pad(source, grown, mode="replicate"), source, relevance)
-        return F.pad(result, tuple(-min(p, 0) for p in pad))
+        return F.pad(to_edge(relevance, grown), tuple(-min(p, 0) for p in pad))
+
+
+def to_edge(relevance: torch.Tensor, pad: tuple[int, ...]) -> torch.Tensor:
+    """Relevance of a tensor padded by ``pad`` (``F.pad``'s order, widths >= 0, batch and channel dimensions
+    first) moved off the padding onto the edge elements it extends: the adjoint of replicate padding."""
+    shape = [*relevance.shape[:2]] + [size - pad[-2 * i - 2] - pad[-2 * i - 1]
+                                      for i, size in enumerate(relevance.shape[2:])]
+    with torch.enable_grad():
+        source = relevance.new_zeros(shape, requires_grad=True)
+        (result,) = torch.autograd.grad(F.pad(source, pad, mode="replicate"), source, relevance)
+    return result
