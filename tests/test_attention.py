@@ -260,6 +260,39 @@ def test_class_token_handed_to_a_child_inside_a_tuple_is_reported():
     assert all("forward" not in module.__dict__ for module in model.modules())
 
 
+def test_a_token_shared_by_every_sample_is_absorbed_per_sample():
+    """TNT: a position embedding of the model's own, handed to a child and broadcast over the pixel tokens of every
+    sample, gathers relevance from the whole batch; each sample is credited its own share (as attributed alone)."""
+
+    class AddPosition(torch.nn.Module):
+        def forward(self, rows, position):
+            return rows + position
+
+    class PixelTokens(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, DIM, 3, padding=1)
+            self.position = torch.nn.Parameter(torch.randn(1, DIM, 4, 4))
+            self.add = AddPosition()
+            self.head = torch.nn.Linear(DIM, 10)
+
+        def forward(self, x):
+            features = self.conv(x)
+            count = features.shape[0]
+            rows = features.reshape(count, DIM, 4, 4, 4, 4).permute(0, 2, 4, 1, 3, 5).reshape(count * 16, DIM, 4, 4)
+            rows = torch.relu(self.add(rows, self.position))
+            return self.head(rows.reshape(count, 16, DIM, 16).mean((1, 3)))
+
+    torch.manual_seed(3)
+    model = PixelTokens().double().eval()
+    inputs = make_inputs(3, 16)
+    together = lrp.attribute(model, inputs, tolerance=None)
+    alone = lrp.attribute(model, inputs, tolerance=None, batch_size=1)
+    assert float(together.absorbed.abs().min()) > 1e-3 * float(together.start.abs().min())
+    torch.testing.assert_close(together.absorbed, alone.absorbed, rtol=1e-10, atol=0)
+    torch.testing.assert_close(together.total + together.absorbed, together.start, rtol=1e-10, atol=0)
+
+
 def test_position_encoding_computed_from_sizes_takes_no_relevance():
     """XCiT: the patch embedding returns the tokens and the grid's size as a tuple, and a child computes the position
     encoding from that size alone; the sum of tokens and encoding hands the encoding nothing (it does not depend on

@@ -276,14 +276,26 @@ def _attribute_chunk(model, chunk: torch.Tensor, request: _Request, begin: int,
         chosen = _targets(target, output_values)
         values = _start_values(output_values, chosen, request.start_with)
         seed = torch.zeros_like(output).scatter(1, chosen[:, None], values[:, None])
+        count = chunk.shape[0]
         tokens = absorption.take()
-        relevance, *absorbed = torch.autograd.grad(output, [chunk, *tokens], seed, allow_unused=True)
+        # a token of the model's own that is not one per sample (TNT's pixel position embedding, broadcast over the
+        # pixel tokens of every sample) gathers the relevance of the whole batch: its share per sample is asked for
+        # sample by sample (the rules are linear in the relevance)
+        shared = [token for token in tokens if count > 1 and (token.ndim == 0 or token.shape[0] != count)]
+        own = [token for token in tokens if all(token is not other for other in shared)]
+        relevance, *absorbed = torch.autograd.grad(output, [chunk, *own], seed, allow_unused=True,
+                                                   retain_graph=bool(shared))
+        per_sample = values.new_zeros(count)
+        for token in absorbed:
+            if token is not None:
+                per_sample = per_sample + token.detach().flatten(1).sum(1)
+        for sample in range(count if shared else 0):
+            one = torch.zeros_like(seed)
+            one[sample] = seed[sample]
+            parts = torch.autograd.grad(output, shared, one, allow_unused=True, retain_graph=sample < count - 1)
+            per_sample[sample] += sum(part.detach().sum() for part in parts if part is not None)
     if request.progress is not None:
-        request.progress(chunk.shape[0])
-    per_sample = values.new_zeros(chunk.shape[0])
-    for token in absorbed:
-        if token is not None:
-            per_sample = per_sample + token.detach().flatten(1).sum(1)
+        request.progress(count)
     return relevance.detach(), chosen, values, output_values, per_sample
 
 
