@@ -201,6 +201,21 @@ def test_every_form_of_attention_conserves_with_the_class_token_reported(form):
     assert all("forward" not in module.__dict__ and not module._forward_pre_hooks for module in model.modules())
 
 
+@pytest.mark.parametrize("form", ["matmul", "fused"])
+def test_the_logits_are_not_walked_where_the_weights_get_no_relevance(form, monkeypatch):
+    """The default gives the attention weights nothing: the fast path detaches them, so the rules behind them (the
+    logits' product) never run; the hook path runs them on zeros, and both give the same relevance."""
+    calls = []
+    relevance = lrp.BilinearSplit.relevance
+    monkeypatch.setattr(lrp.BilinearSplit, "relevance", lambda *args: calls.append(1) or relevance(*args))
+    model, inputs = _model(form), make_inputs(2, 16)
+    fast = lrp.attribute(model, inputs)
+    assert not calls
+    hooked = lrp.attribute(model, inputs, lrp.FlowsSkipConservative(fast=False))
+    assert calls  # the hook path does walk them
+    torch.testing.assert_close(fast.relevance, hooked.relevance, rtol=1e-12, atol=1e-15)
+
+
 def test_class_token_accounting():
     """A model whose head reads the class token alone and whose tokens never mix: all relevance ends on the class
     token (absorbed), none on the image."""

@@ -100,7 +100,8 @@ def test_functional_operations_routed_as_their_modules():
 
 
 def test_gates_give_the_gate_no_relevance():
-    """Squeeze-excitation: the product is routed, and the gate's branch (SE's convolutions) receives nothing."""
+    """Squeeze-excitation: the product is routed, and the gate's branch (SE's convolutions) receives nothing (the fast
+    path does not walk it; the hook path below hands it zeros, with the same relevance at the input)."""
     model = build("seresnext26d_32x4d")
     assert sum(isinstance(m, lrp.GatedProduct) for m in _routed(model).values()) == 8
     inputs = make_inputs(1, 64)
@@ -112,8 +113,8 @@ def test_gates_give_the_gate_no_relevance():
         torch.autograd.grad(output, x, torch.eye(10, dtype=x.dtype)[[3]])
         recorder.remove()
     records = {record.name: record for record in recorder.results()}
-    assert float(records["layer1.0.se.fc1"].output.abs().max()) == 0
-    assert float(records["layer1.0.se.fc2"].output.abs().max()) == 0
+    for name in ("layer1.0.se.fc1", "layer1.0.se.fc2"):  # the gate is detached: its branch is not even walked
+        assert name not in records or float(records[name].output.abs().max()) == 0
     assert float(records["layer1.0.conv3"].output.abs().max()) > 0
 
 

@@ -33,6 +33,7 @@ class AttentionValues(PositiveProportional):
     the parameters."""
 
     keeps = None  # the weights and the values
+    silent = (0,)  # the weights: nothing behind them (logits, softmax) is walked
     nonnegative_map = True
 
     def relevance(self, module, inputs, relevance):

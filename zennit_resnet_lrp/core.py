@@ -19,6 +19,8 @@ class RelevanceRule(Hook):
     - :py:meth:`relevance`: the relevance of each of the module's inputs, given those inputs (None where not kept)
       and the relevance of the module's output.
 
+    A rule may also name :py:attr:`silent` inputs, those it never gives relevance (the fast path then detaches them).
+
     Both ways of running it are derived from that declaration here, for modules of one input or several:
 
     - ``fast = True`` (default): the module's forward runs inside an autograd function whose backward is the
@@ -44,6 +46,10 @@ class RelevanceRule(Hook):
     """
 
     keeps: tuple[int, ...] | None = None
+    # inputs the rule never gives relevance (its ``relevance`` returns None for them): the fast path detaches them,
+    # so that nothing computed only for them (an attention's logits and softmax, a gate's branch) is kept for or
+    # walked by the relevance pass. The hook path hands them zeros: the same relevance everywhere else
+    silent: tuple[int, ...] = ()
     # whether an input that cannot carry relevance (one that does not require a gradient: computed from sizes only,
     # say) is read as zeros, so that a split hands it nothing and the others all
     constants_as_zero: bool = False
@@ -89,12 +95,26 @@ class RelevanceRule(Hook):
 
     # -- the hook path: zennit's Hook, storing the kept inputs per module --
 
+    def pre_forward(self, module, input):  # noqa: A002 - zennit's signature
+        """zennit's, on the tensors among the inputs (a routed scale's factor may be a number, which it would clone)."""
+        positions = [index for index, x in enumerate(input) if isinstance(x, torch.Tensor)]
+        if len(positions) == len(input):
+            return super().pre_forward(module, input)
+        wrapped = super().pre_forward(module, tuple(input[index] for index in positions))
+        result = list(input)
+        for index, tensor in zip(positions, wrapped if isinstance(wrapped, tuple) else (wrapped,)):
+            result[index] = tensor
+        return tuple(result)
+
     def forward(self, module, input, output):  # noqa: A002 - zennit's signature (three names: no kwargs)
-        self.stored_tensors["inputs"] = tuple(None if x is None else x.detach() for x in self.kept(input))
+        self.stored_tensors["inputs"] = tuple(x.detach() if isinstance(x, torch.Tensor) else None
+                                              for x in self.kept(input))
         self.stored_tensors["shapes"] = _shapes(input)
 
     def backward(self, module, grad_input, grad_output):
-        return self.propagate(module, self.stored_tensors["inputs"], self.stored_tensors["shapes"], grad_output[0])
+        shapes = self.stored_tensors["shapes"]
+        result = self.propagate(module, self.stored_tensors["inputs"], shapes, grad_output[0])
+        return tuple(value for value, shape in zip(result, shapes) if shape is not None)  # as pre_forward wrapped
 
     # -- the fast path, and how zennit finds the rule --
 
@@ -145,7 +165,9 @@ class _Propagate(torch.autograd.Function):
         kept = [None] * len(ctx.shapes)
         for index, tensor in zip(ctx.positions, ctx.saved_tensors):
             kept[index] = tensor
-        return (None, None, None, *ctx.rule.propagate(ctx.module, tuple(kept), ctx.shapes, relevance))
+        # no relevance made for inputs autograd does not want it for (detached silent ones, constants)
+        shapes = tuple(shape if wanted else None for shape, wanted in zip(ctx.shapes, ctx.needs_input_grad[3:]))
+        return (None, None, None, *ctx.rule.propagate(ctx.module, tuple(kept), shapes, relevance))
 
 
 class ForwardOverride:
@@ -173,6 +195,9 @@ class ForwardOverride:
         if not self.rule.active or not torch.is_grad_enabled() \
                 or not any(getattr(x, "requires_grad", False) for x in inputs):
             return self.original_forward(*inputs, **kwargs)
+        if self.rule.silent:
+            inputs = tuple(x.detach() if index in self.rule.silent and isinstance(x, torch.Tensor) else x
+                           for index, x in enumerate(inputs))
         forward = functools.partial(self.original_forward, **kwargs) if kwargs else self.original_forward
         return _Propagate.apply(self.rule, self.module, forward, *inputs)
 

@@ -36,6 +36,7 @@ class GateAsWeight(RelevanceRule):
     relevance goes to the gated features and none to the gate (squeeze-excitation, ECA, ...)."""
 
     keeps = ()
+    silent = (1,)  # the gate
 
     def relevance(self, module, inputs, relevance):
         return relevance, None
