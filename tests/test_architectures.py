@@ -114,6 +114,18 @@ class FunctionalNorms(torch.nn.Module):
         return x + self.conv(out)
 
 
+class FixedTransform(torch.nn.Module):
+    """A fixed linear transform held in a buffer and applied by ``F.linear`` (CSATv2's discrete cosine transform)."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.register_buffer("basis", torch.linalg.qr(torch.randn(channels, channels))[0])
+        self.conv = torch.nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x):
+        return x + self.conv(F.linear(x.permute(0, 2, 3, 1), self.basis).permute(0, 3, 1, 2))
+
+
 def classifier(*blocks, channels=8):
     return torch.nn.Sequential(torch.nn.Conv2d(3, channels, 3, padding=1), torch.nn.BatchNorm2d(channels),
                                torch.nn.ReLU(), *blocks, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
@@ -128,6 +140,7 @@ ARCHITECTURES = {
     "product of branches": lambda: classifier(StarBlock(8), StarBlock(8)),
     "shortcut as an argument": lambda: classifier(DlaLike(8), DlaLike(8)),
     "functional norms": lambda: classifier(FunctionalNorms(8)),
+    "F.linear with a buffer": lambda: classifier(FixedTransform(8)),
 }
 
 
@@ -191,6 +204,16 @@ def test_routed_operations():
     argument = [module for name, module in sums.items() if name.startswith("7.")]
     # traced with the shortcut given and without: either way the block's own input (an argument) is the skip
     assert len(argument) == 2 and all(module.identity_skip for module in argument)
+
+
+def test_a_linear_map_of_a_buffer_goes_through_a_linear_child_that_shares_it():
+    model = _build("F.linear with a buffer")
+    block = model[3]
+    with lrp.make_composite().context(model):
+        linears = [module for module in block.modules() if isinstance(module, torch.nn.Linear)]
+        assert len(linears) == 1 and linears[0].weight.data_ptr() == block.basis.data_ptr()
+        assert not linears[0].weight.requires_grad
+    assert not any(isinstance(module, torch.nn.Linear) for module in block.modules())
 
 
 def test_weight_standardised_and_same_padded_convolutions():

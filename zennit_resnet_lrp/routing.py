@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import functools
 import operator
 
 import torch
@@ -39,32 +40,43 @@ def route_operations(graph: torch.fx.Graph, module: torch.nn.Module, names: Chil
         elif node.op == "call_module":
             _mark_tokens(graph, node, names, analysis)
         elif node.op == "call_function" and node.target is F.linear:
-            _linear_through_child(graph, node, analysis)
+            _linear_through_child(graph, node, analysis, names)
 
 
-def _linear_through_child(graph: torch.fx.Graph, node: Node, analysis: Analysis) -> None:
+def _linear_through_child(graph: torch.fx.Graph, node: Node, analysis: Analysis, names: ChildNames) -> None:
     """``F.linear(x, self.layer.weight, bias)`` with a linear child's own weight (BEiT's and others' attention add a
     bias of their own): the child called on ``x``, its own bias swapped for the given one as constants, so that the
-    child's rule applies and the output stays the same."""
+    child's rule applies and the output stays the same. With another weight of the model's own (a parameter or a
+    buffer: CSATv2's fixed discrete cosine transform): a new linear child that computes with that very tensor."""
     args = dict(zip(("input", "weight", "bias"), node.args), **node.kwargs)
     weight, source = args.get("weight"), args.get("input")
-    if not (isinstance(weight, Node) and weight.op == "get_attr" and weight.target.endswith(".weight")
+    if not (isinstance(weight, Node) and weight.op == "get_attr"
             and isinstance(source, Node) and source in analysis.dependent):
         return
-    owner = weight.target[:-len(".weight")]
-    child = child_of(analysis.module, owner)
+    owner = weight.target[:-len(".weight")] if weight.target.endswith(".weight") else None
+    child = child_of(analysis.module, owner) if owner else None
     if not isinstance(child, torch.nn.Linear):
-        return
+        tensor = functools.reduce(getattr, weight.target.split("."), analysis.module)
+        if not isinstance(tensor, torch.Tensor) or tensor.ndim != 2:
+            return
+        owner, child = names.new("linear", functools.partial(_bound_linear, tensor)), None
     bias = args.get("bias")
     with graph.inserting_before(node):
         routed = graph.call_module(owner, (source,))
-        if child.bias is not None:
+        if child is not None and child.bias is not None:
             routed = graph.call_function(operator.sub, (routed, graph.get_attr(f"{owner}.bias")))
         if bias is not None:
             routed = graph.call_function(operator.add, (routed, bias))
     analysis.replace(node, routed)
     node.replace_all_uses_with(routed)
     graph.erase_node(node)
+
+
+def _bound_linear(weight: torch.Tensor) -> torch.nn.Linear:
+    """A linear layer without bias that computes with ``weight`` itself (shared, not copied; no gradient)."""
+    layer = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
+    layer.weight = torch.nn.Parameter(weight, requires_grad=False)
+    return layer
 
 
 def _mark_tokens(graph: torch.fx.Graph, node: Node, names: ChildNames, analysis: Analysis) -> None:
