@@ -13,7 +13,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 from zennit.canonizers import Canonizer
 from zennit.types import BatchNorm, Linear
 
-from . import windows
+from . import recurrent, windows
 from .layer import Attention, ResidualSum
 from .snapshot import ModelSnapshot
 from . import runtime_routing
@@ -193,6 +193,11 @@ class ResidualCanonizer(Canonizer):
                 instances.append(instance)
             elif isinstance(module, torch.nn.MultiheadAttention) and "forward" not in module.__dict__:
                 instances += self._decomposed(name, module)
+            elif recurrent.is_lstm(module) and "forward" not in module.__dict__:
+                instance = self.copy()
+                instance.module, instance.added = module, recurrent.decompose(module)
+                self.untraced.append((name, type(module).__name__, "a fused LSTM; decomposed and routed while it runs"))
+                instances.append(instance)
             elif windows.is_shifted_window_attention(module) and "forward" not in module.__dict__:
                 instance = self.copy()
                 instance.module, instance.added = module, windows.decompose(module)

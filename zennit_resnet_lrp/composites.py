@@ -157,7 +157,9 @@ class ResNetLRP(ResidualComposite, SpecialFirstLayerMapComposite):
         zennit's name for ``epsilon``; used if given.
     fast : bool
         Run this composite's own rules as autograd functions around each module's forward (default), or through
-        zennit's hooks (the slower reference path; the results are the same). Rules passed in keep their own.
+        zennit's hooks (the slower reference path; the results are the same, except for modules called more than
+        once in a forward, which zennit's hooks do not track call by call: the children that route operations while
+        a module runs, an LSTM's steps). Rules passed in keep their own.
     """
 
     split = "ratio"

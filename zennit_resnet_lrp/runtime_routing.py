@@ -68,9 +68,10 @@ _KEEP_GATE = {*SHAPE_FUNCTIONS, *(getattr(Tensor, name) for name in SHAPE_METHOD
               Tensor.float, Tensor.double, *_MUL, *_DIV, *_ADD}
 
 
-def install(module: torch.nn.Module, names: ChildNames | None = None) -> list[str]:
+def install(module: torch.nn.Module, names: ChildNames | None = None, forward: Callable | None = None) -> list[str]:
     """Give ``module`` the routing children and a forward that routes its own operations while it runs; return the
-    names added (to remove later)."""
+    names added (to remove later). ``forward(module, *args, **kwargs)``: what runs instead of the class's forward
+    (a decomposition of a fused one: :py:mod:`~zennit_resnet_lrp.recurrent`)."""
     names = names or ChildNames(module)
     children = {kind: names.new(f"runtime_{kind}", make) for kind, make in KINDS.items()}
     try:
@@ -80,7 +81,7 @@ def install(module: torch.nn.Module, names: ChildNames | None = None) -> list[st
         for name in children.values():
             module._modules.pop(name, None)
         raise
-    module.__dict__["forward"] = RoutedForward(module, children)
+    module.__dict__["forward"] = RoutedForward(module, children, forward or type(module).forward)
     return list(children.values())
 
 
@@ -88,10 +89,10 @@ class RoutedForward:
     """The module's own forward, run under a :py:class:`_Router`; the instance is the module's forward. It remembers
     which of the modules the forward calls are gates (deciding that may trace them)."""
 
-    __slots__ = ("module", "children", "gate_modules")
+    __slots__ = ("module", "children", "gate_modules", "function")
 
-    def __init__(self, module: torch.nn.Module, children: dict[str, str]) -> None:
-        self.module, self.children = module, children
+    def __init__(self, module: torch.nn.Module, children: dict[str, str], function: Callable) -> None:
+        self.module, self.children, self.function = module, children, function
         self.gate_modules: dict[int, bool] = {}
 
     def is_gate(self, module: torch.nn.Module) -> bool:
@@ -107,7 +108,7 @@ class RoutedForward:
                    register_module_forward_hook(router.leave, with_kwargs=True, always_call=True)]
         try:
             with router:
-                return type(self.module).forward(self.module, *args, **kwargs)
+                return self.function(self.module, *args, **kwargs)
         finally:
             for handle in handles:
                 handle.remove()
