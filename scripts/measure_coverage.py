@@ -6,8 +6,9 @@ module, and write docs/coverage.md.
     python scripts/measure_coverage.py --report           # docs/coverage.md from the results measured so far
 
 Per model: random weights and batch-norm statistics, float64, eval mode, two seeded inputs of the model's default
-size (224x224 for timm models made for inputs over 512 pixels a side, where they take another size); the plain gradient of the top logit and ``attribute`` (the default composite, made once, its second call timed);
-the conservation error ``max |total + absorbed - start| / start``, the exception if one is raised, the modules the
+size (224x224 for timm models made for inputs over 512 pixels a side, where they take another size); the plain
+gradient of the top logit and ``attribute`` (the default composite, made once, its second call timed); the
+conservation error ``max |total + absorbed - start| / start``, the exception if one is raised, the modules the
 composite gives no rule and those it could not trace. Results go to build/coverage/results.jsonl as each model is
 done (a rerun skips the models measured); one thread, one model at a time.
 """
@@ -242,8 +243,7 @@ def read() -> list[dict]:
 
 
 # why a model still fails, where the table's columns do not say it (read off the model's code when it was measured)
-REASONS = {
-}
+REASONS: dict[str, str] = {}  # none left at the last run
 TOO_LARGE = "float64 weights and activations beyond the measuring process's memory limit (`--memory`, GiB)"
 
 

@@ -1,6 +1,6 @@
 """Activations, average pools, normalisations, reductions, folds and other elementwise functions written as functions
-in a forward (``F.gelu(x)``, ``x.mean((2, 3))``, ``F.layer_norm(...)``, ``x.sum(1)``, ``x ** 2``, ``F.fold(...)``): routed through the
-modules that compute the same, so that composites give them their rules."""
+in a forward (``F.gelu(x)``, ``x.mean((2, 3))``, ``F.layer_norm(...)``, ``x.sum(1)``, ``x ** 2``, ``F.fold(...)``):
+routed through the modules that compute the same, so that composites give them their rules."""
 from __future__ import annotations
 
 import inspect

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
 from torch.nn.modules.utils import _pair
 
 from .core import RelevanceRule
@@ -51,7 +50,7 @@ class CopiesBack(RelevanceRule):
 
     def relevance(self, module, inputs, relevance):
         geometry = _geometry(module)
-        height, width = (_pair(geometry.pop("padding")))
+        height, width = _pair(geometry.pop("padding"))
         size = inputs[0].shape[-2:]
         canvas = F.fold(relevance, (size[0] + 2 * height, size[1] + 2 * width), padding=0, **geometry)
         return to_edge(canvas, (width, width, height, height)) if height or width else canvas
