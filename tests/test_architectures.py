@@ -126,6 +126,18 @@ class FixedTransform(torch.nn.Module):
         return x + self.conv(F.linear(x.permute(0, 2, 3, 1), self.basis).permute(0, 3, 1, 2))
 
 
+class OwnMatrix(torch.nn.Module):
+    """A product with a matrix of the block's own, ``x @ self.w`` (SwiftFormer's ``query @ self.w_g``)."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(channels, channels))
+        self.conv = torch.nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x):
+        return x + self.conv((x.permute(0, 2, 3, 1) @ self.w).permute(0, 3, 1, 2))
+
+
 def classifier(*blocks, channels=8):
     return torch.nn.Sequential(torch.nn.Conv2d(3, channels, 3, padding=1), torch.nn.BatchNorm2d(channels),
                                torch.nn.ReLU(), *blocks, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
@@ -140,7 +152,8 @@ ARCHITECTURES = {
     "product of branches": lambda: classifier(StarBlock(8), StarBlock(8)),
     "shortcut as an argument": lambda: classifier(DlaLike(8), DlaLike(8)),
     "functional norms": lambda: classifier(FunctionalNorms(8)),
-    "F.linear with a buffer": lambda: classifier(FixedTransform(8)),
+    "F.linear with a buffer, x @ a parameter": lambda: classifier(FixedTransform(8), FixedTransform(8), OwnMatrix(8),
+                                                                   OwnMatrix(8)),
 }
 
 
@@ -206,14 +219,18 @@ def test_routed_operations():
     assert len(argument) == 2 and all(module.identity_skip for module in argument)
 
 
-def test_a_linear_map_of_a_buffer_goes_through_a_linear_child_that_shares_it():
-    model = _build("F.linear with a buffer")
-    block = model[3]
+def test_a_linear_map_of_a_matrix_of_the_block_goes_through_a_linear_child_that_shares_it():
+    """Each block's child computes with that block's own matrix (the rewrite is traced once for blocks of the same
+    structure), the transpose of it for ``x @ W``."""
+    model = _build("F.linear with a buffer, x @ a parameter")
+    blocks = list(model[3:7])
     with lrp.make_composite().context(model):
-        linears = [module for module in block.modules() if isinstance(module, torch.nn.Linear)]
-        assert len(linears) == 1 and linears[0].weight.data_ptr() == block.basis.data_ptr()
-        assert not linears[0].weight.requires_grad
-    assert not any(isinstance(module, torch.nn.Linear) for module in block.modules())
+        for block in blocks:
+            linears = [module for module in block.modules() if isinstance(module, torch.nn.Linear)]
+            matrix = block.basis if isinstance(block, FixedTransform) else block.w.t()
+            assert len(linears) == 1 and torch.equal(linears[0].weight, matrix)
+            assert linears[0].weight.data_ptr() == matrix.data_ptr() and not linears[0].weight.requires_grad
+    assert not any(isinstance(module, torch.nn.Linear) for block in blocks for module in block.modules())
 
 
 def test_weight_standardised_and_same_padded_convolutions():

@@ -44,8 +44,8 @@ class Rewrite:
         cannot be added."""
         added = []
         try:
-            for name, make in self.children.items():
-                module.add_module(name, make())
+            for name, make in self.children.items():  # a factory marked from_module builds from this module's own
+                module.add_module(name, make(module) if getattr(make, "from_module", False) else make())
                 added.append(name)
         except Exception as error:  # a name the module's own __setattr__ or add_module refuses
             for name in added:

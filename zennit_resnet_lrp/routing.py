@@ -41,6 +41,8 @@ def route_operations(graph: torch.fx.Graph, module: torch.nn.Module, names: Chil
             _mark_tokens(graph, node, names, analysis)
         elif node.op == "call_function" and node.target is F.linear:
             _linear_through_child(graph, node, analysis, names)
+        elif node.op == "call_function" and node.target in (operator.matmul, torch.matmul):
+            _matrix_product_with_own_matrix(graph, node, analysis, names)
 
 
 def _linear_through_child(graph: torch.fx.Graph, node: Node, analysis: Analysis, names: ChildNames) -> None:
@@ -56,10 +58,9 @@ def _linear_through_child(graph: torch.fx.Graph, node: Node, analysis: Analysis,
     owner = weight.target[:-len(".weight")] if weight.target.endswith(".weight") else None
     child = child_of(analysis.module, owner) if owner else None
     if not isinstance(child, torch.nn.Linear):
-        tensor = functools.reduce(getattr, weight.target.split("."), analysis.module)
-        if not isinstance(tensor, torch.Tensor) or tensor.ndim != 2:
+        if not _is_matrix(analysis.module, weight.target):
             return
-        owner, child = names.new("linear", functools.partial(_bound_linear, tensor)), None
+        owner, child = names.new("linear", LinearOfOwnMatrix(weight.target)), None
     bias = args.get("bias")
     with graph.inserting_before(node):
         routed = graph.call_module(owner, (source,))
@@ -72,11 +73,44 @@ def _linear_through_child(graph: torch.fx.Graph, node: Node, analysis: Analysis,
     graph.erase_node(node)
 
 
-def _bound_linear(weight: torch.Tensor) -> torch.nn.Linear:
-    """A linear layer without bias that computes with ``weight`` itself (shared, not copied; no gradient)."""
-    layer = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
-    layer.weight = torch.nn.Parameter(weight, requires_grad=False)
-    return layer
+def _matrix_product_with_own_matrix(graph: torch.fx.Graph, node: Node, analysis: Analysis, names: ChildNames) -> None:
+    """``x @ W`` with ``W`` a matrix of the model's own (SwiftFormer's ``query @ self.w_g``): ``F.linear(x, W^T)``
+    through a new linear child that computes with ``W``, so that z+ applies where the gradient would not conserve."""
+    if len(node.args) != 2 or node.kwargs:
+        return
+    source, weight = node.args
+    if not (isinstance(weight, Node) and weight.op == "get_attr" and isinstance(source, Node)
+            and source in analysis.dependent and _is_matrix(analysis.module, weight.target)):
+        return
+    name = names.new("linear", LinearOfOwnMatrix(weight.target, transposed=True))
+    with graph.inserting_before(node):
+        routed = graph.call_module(name, (source,))
+    analysis.replace(node, routed)
+    node.replace_all_uses_with(routed)
+    graph.erase_node(node)
+
+
+def _is_matrix(module: torch.nn.Module, target: str) -> bool:
+    tensor = functools.reduce(getattr, target.split("."), module)
+    return isinstance(tensor, torch.Tensor) and tensor.ndim == 2
+
+
+class LinearOfOwnMatrix:
+    """Factory of a linear child without bias that computes with a matrix of the module it is installed on (its
+    ``target`` attribute, transposed for ``x @ W``; shared, not copied; no gradient). It reads the matrix off that
+    module, so a rewrite cached for one module serves every other of the same structure with its own matrix."""
+
+    from_module = True  # called with the module being rewritten (Rewrite.install)
+
+    def __init__(self, target: str, transposed: bool = False) -> None:
+        self.target, self.transposed = target, transposed
+
+    def __call__(self, module: torch.nn.Module) -> torch.nn.Linear:
+        weight = functools.reduce(getattr, self.target.split("."), module)
+        weight = weight.t() if self.transposed else weight
+        layer = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
+        layer.weight = torch.nn.Parameter(weight, requires_grad=False)
+        return layer
 
 
 def _mark_tokens(graph: torch.fx.Graph, node: Node, names: ChildNames, analysis: Analysis) -> None:
