@@ -95,11 +95,13 @@ class RelevanceRule(Hook):
 
     # -- the hook path: zennit's Hook, storing the kept inputs per module --
 
-    def pre_forward(self, module, input):  # noqa: A002 - zennit's signature
-        """zennit's, on the tensors among the inputs (a routed scale's factor may be a number, which it would clone)."""
+    def pre_forward(self, module, input, *kwargs):  # noqa: A002 - zennit's signatures: (module, input) in 0.5,
+        # (module, args, kwargs) in 1.0, which tells them apart by the number of parameters (three here: 1.0's)
+        """zennit's, on the tensors among the inputs (a routed scale's factor may be a number, which zennit 0.5 would
+        clone; zennit 1.0 leaves numbers alone itself)."""
         positions = [index for index, x in enumerate(input) if isinstance(x, torch.Tensor)]
-        if len(positions) == len(input):
-            return super().pre_forward(module, input)
+        if kwargs or len(positions) == len(input):
+            return super().pre_forward(module, input, *kwargs)
         wrapped = super().pre_forward(module, tuple(input[index] for index in positions))
         result = list(input)
         for index, tensor in zip(positions, wrapped if isinstance(wrapped, tuple) else (wrapped,)):
