@@ -14,7 +14,9 @@ from zennit.types import BatchNorm
 
 from .canonizers import ResidualCanonizer
 from .attention import AttentionValues, BilinearSplit, SoftmaxRule
-from .layer import AttentionProduct, FunctionalPool, GatedProduct, MatrixProduct, Product, ResidualSum, Scale, SumOver
+from .layer import (
+    AttentionProduct, FunctionalPool, GatedProduct, MatrixProduct, Pad, Product, ResidualSum, Scale, SumOver,
+)
 from .patches import CopiesBack, Fold, FoldSplit
 from .pool_rules import (
     MaxPoolAverageStandIn, MaxPoolProportional, MaxPoolWinnerTakesAll, PaddingToEdge, PoolProportional,
@@ -30,7 +32,7 @@ PAPER_VARIANTS = ("flows_skip", "flows_skip_simple", "latest", "simple")
 LayerMap = Sequence[tuple[tuple[type, ...] | type, Hook]]
 
 CONVOLUTION = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
-PADDING = (torch.nn.ConstantPad1d, torch.nn.ConstantPad2d, torch.nn.ConstantPad3d)  # zero padding included
+PADDING = (torch.nn.ConstantPad1d, torch.nn.ConstantPad2d, torch.nn.ConstantPad3d, Pad)  # zero padding included
 TRANSPOSED_CONVOLUTION = (torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d)
 AVERAGE_POOL = (torch.nn.AdaptiveAvgPool1d, torch.nn.AdaptiveAvgPool2d, torch.nn.AdaptiveAvgPool3d,
                 torch.nn.AvgPool1d, torch.nn.AvgPool2d, torch.nn.AvgPool3d, FunctionalPool)

@@ -16,8 +16,9 @@ class RelevanceRule(Hook):
     """Base of every rule here. A rule is declared once, by two things:
 
     - :py:attr:`keeps`: which of the module's inputs its relevance needs (indices; None: all, ``()``: none);
-    - :py:meth:`relevance`: the relevance of each of the module's inputs, given those inputs (None where not kept)
-      and the relevance of the module's output.
+    - :py:meth:`relevance`: the relevance of each of the module's inputs, given those inputs (None where not kept;
+      kept inputs that are not tensors, such as widths given with the call, as they are) and the relevance of the
+      module's output.
 
     A rule may also name :py:attr:`silent` inputs, those it never gives relevance (the fast path then detaches them).
 
@@ -109,7 +110,7 @@ class RelevanceRule(Hook):
         return tuple(result)
 
     def forward(self, module, input, output):  # noqa: A002 - zennit's signature (three names: no kwargs)
-        self.stored_tensors["inputs"] = tuple(x.detach() if isinstance(x, torch.Tensor) else None
+        self.stored_tensors["inputs"] = tuple(x.detach() if isinstance(x, torch.Tensor) else x
                                               for x in self.kept(input))
         self.stored_tensors["shapes"] = _shapes(input)
 
@@ -154,6 +155,8 @@ class _Propagate(torch.autograd.Function):
         kept = rule.kept(inputs)
         ctx.positions = [index for index, x in enumerate(kept) if isinstance(x, torch.Tensor)]
         ctx.save_for_backward(*(kept[index] for index in ctx.positions))
+        # kept inputs that are not tensors (a padding's widths given with the call) are kept as they are
+        ctx.constants = {index: x for index, x in enumerate(kept) if x is not None and not isinstance(x, torch.Tensor)}
         output = forward(*inputs)
         # a view (a reshape's output) would be a view made in a custom function, which later in-place operations may
         # not modify. An input returned as it is (an in-place activation's) is not copied: a copy per activation
@@ -164,7 +167,7 @@ class _Propagate(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, relevance):
-        kept = [None] * len(ctx.shapes)
+        kept = [ctx.constants.get(index) for index in range(len(ctx.shapes))]
         for index, tensor in zip(ctx.positions, ctx.saved_tensors):
             kept[index] = tensor
         # no relevance made for inputs autograd does not want it for (detached silent ones, constants)

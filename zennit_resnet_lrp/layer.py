@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 
 
 class ResidualSum(torch.nn.Module):
@@ -264,6 +265,14 @@ class TokenConcat(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, constant={self.constant}"
+
+
+class Pad(torch.nn.Module):
+    """Zero padding whose widths come with each call, ``pad(input, widths)`` as ``F.pad`` takes them (a window
+    partition pads to whole windows, by as much as each input needs), so that composites give it the padding rule."""
+
+    def forward(self, input: torch.Tensor, widths: tuple) -> torch.Tensor:  # noqa: A002 - the module's input
+        return F.pad(input, widths)
 
 
 class Token(torch.nn.Module):

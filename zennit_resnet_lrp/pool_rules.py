@@ -70,12 +70,12 @@ class PaddingToEdge(RelevanceRule):
     """For zero (or constant) padding: the relevance that reaches the padding goes to the input element at the edge
     it extends, the adjoint of replicate padding: ``R_in = P_edge^T R``. Zero padding's own adjoint (cropping) would
     lose it, and the padding gets relevance whenever a rule spreads relevance flat (a unit no input supports).
-    Negative widths crop: what they cut off gets nothing."""
+    Negative widths crop: what they cut off gets nothing. A :py:class:`~.layer.Pad` gives its widths with the call."""
 
-    keeps = ()
+    keeps = (1,)  # a Pad's widths; the padding layers have theirs as an attribute
 
     def relevance(self, module, inputs, relevance):
-        pad = tuple(module.padding)
+        pad = tuple(inputs[1] if len(inputs) > 1 else module.padding)
         if relevance.ndim != len(pad) // 2 + 2:  # no batch dimension: zero padding's own adjoint
             return F.pad(relevance, tuple(-p for p in pad))
         # negative widths crop (NASNet shifts by one: (-1, 1, -1, 1)): the cropped-off input gets nothing

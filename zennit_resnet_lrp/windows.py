@@ -10,13 +10,13 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .layer import AttentionProduct, MatrixProduct
+from .layer import AttentionProduct, MatrixProduct, Pad
 
 
 def decompose(module: torch.nn.Module) -> list[str]:
     """Give a ``ShiftedWindowAttention`` (V1 or V2) explicit attention children and a forward that uses them; return
     the names added."""
-    children = {"padding": torch.nn.ZeroPad3d(0), "logits": MatrixProduct(), "softmax": torch.nn.Softmax(-1),
+    children = {"padding": Pad(), "logits": MatrixProduct(), "softmax": torch.nn.Softmax(-1),
                 "values": AttentionProduct()}
     for name, child in children.items():
         module.add_module(name, child)
@@ -50,9 +50,8 @@ def forward(self, x: torch.Tensor) -> torch.Tensor:
     window, heads = list(self.window_size), self.num_heads
     pad_right, pad_bottom = (window[1] - width % window[1]) % window[1], (window[0] - height % window[0]) % window[0]
     # through a padding child: the padded tokens' relevance goes to the edge tokens (its rule), where the function's
-    # gradient would drop it; its widths are this call's, read back by the rule in the same backward pass
-    self.padding.padding = (0, 0, 0, pad_right, 0, pad_bottom)
-    x = self.padding(x.unsqueeze(1)).squeeze(1)
+    # gradient would drop it
+    x = self.padding(x.unsqueeze(1), (0, 0, 0, pad_right, 0, pad_bottom)).squeeze(1)  # a channel axis for the rule
     _, padded_height, padded_width, _ = x.shape
     shift = [0 if window[0] >= padded_height else self.shift_size[0], 0 if window[1] >= padded_width
              else self.shift_size[1]]
