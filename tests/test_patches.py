@@ -51,7 +51,7 @@ def test_fold_split_shares_each_pixel_over_the_entries_on_it(mode):
     windows = math.ceil(size[0] / 2) * math.ceil(size[1] / 2)
     x = torch.randn(1, channels * 9, windows, dtype=torch.float64)
     x[0, :9, 0] = 0  # one window of the first channel all zero: an even split where nothing lands but zeros
-    relevance = torch.randn_like(module(x, output_size=size))
+    relevance = torch.randn_like(module(x, size))
     result = FoldSplit(mode).relevance(module, (x,), relevance)
     sources = _sources(size, -1)
     expected = torch.zeros_like(x)

@@ -90,8 +90,7 @@ def _route_fold(node: Node) -> Route | None:
     geometry = {key: bound.arguments[key] for key in ("kernel_size", "dilation", "padding", "stride")}
     if any(holds_node(value) for value in geometry.values()):
         return None
-    return Route("fold", lambda: Fold(**geometry), (node.args[0],),
-                 keywords={"output_size": bound.arguments["output_size"]})
+    return Route("fold", lambda: Fold(**geometry), (node.args[0], bound.arguments["output_size"]))
 
 
 def _route_elementwise(node: Node) -> Route | None:

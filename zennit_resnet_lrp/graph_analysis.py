@@ -19,16 +19,14 @@ Node = torch.fx.Node
 
 class Route(NamedTuple):
     """How one operation is routed: through a new child named after ``base``, made by ``make``, called on
-    ``operands`` (nodes of the graph or constants) and ``keywords`` (arguments that are not tensors: zennit's hooks
-    see positional arguments only); for a sum, the operands' ``signs`` and the earlier sums it takes the place of
-    (``merged``)."""
+    ``operands`` (nodes of the graph or constants); for a sum, the operands' ``signs`` and the earlier sums it
+    takes the place of (``merged``)."""
 
     base: str
     make: Callable[[], torch.nn.Module]
     operands: tuple
     signs: tuple = ()
     merged: tuple = ()
-    keywords: dict | None = None
 
 
 class Analysis:
@@ -105,7 +103,7 @@ def insert(graph: torch.fx.Graph, node: Node, route: Route, names: ChildNames, a
         names.made.pop(name)
     name = names.new(route.base, route.make)
     with graph.inserting_before(node):
-        routed = graph.call_module(name, route.operands, route.keywords or {})
+        routed = graph.call_module(name, route.operands)
     analysis.replace(node, routed)
     node.replace_all_uses_with(routed)
     graph.erase_node(node)

@@ -15,8 +15,7 @@ from .rules import RelevanceSplit
 
 class Fold(torch.nn.Module):
     """``F.fold`` written in a forward, made a module so that a composite gives it the sums' rule. The window's
-    geometry is fixed; the output size comes with each call, by keyword (it is often read off another tensor's
-    size).
+    geometry is fixed; the output size comes with each call (it is often read off another tensor's size).
 
     Parameters
     ----------
@@ -28,7 +27,7 @@ class Fold(torch.nn.Module):
         super().__init__()
         self.kernel_size, self.dilation, self.padding, self.stride = kernel_size, dilation, padding, stride
 
-    def forward(self, input: torch.Tensor, *, output_size) -> torch.Tensor:  # noqa: A002 - the module's input
+    def forward(self, input: torch.Tensor, output_size) -> torch.Tensor:  # noqa: A002 - the module's input
         return F.fold(input, output_size, self.kernel_size, self.dilation, self.padding, self.stride)
 
     def extra_repr(self) -> str:
