@@ -21,7 +21,8 @@ def decompose(module: torch.nn.LSTM) -> list[str]:
     """Give ``module`` linear children sharing its parameters and a step-by-step forward routed while it runs;
     return the names added."""
     names = ChildNames(module)
-    linears = {}
+    layers = {}  # name -> layer
+    linears = {}  # (kind, key) -> name
     for key in _keys(module):
         for kind in ("ih", "hh"):
             weight = getattr(module, f"weight_{kind}{key}")
@@ -29,13 +30,14 @@ def decompose(module: torch.nn.LSTM) -> list[str]:
             layer.weight = weight  # the LSTM's own parameter objects: nothing copied
             if module.bias:
                 layer.bias = getattr(module, f"bias_{kind}{key}")
-            linears[(kind, key)] = names.new(f"{kind}{key}", lambda layer=layer: layer)
+            linears[(kind, key)] = name = names.new(f"{kind}{key}", lambda layer=layer: layer)
+            layers[name] = layer
     added = []
     try:
-        for (kind, key), name in linears.items():
-            module.add_module(name, names.made[name]())
+        for name, layer in layers.items():
+            module.add_module(name, layer)
             added.append(name)
-        added += runtime_routing.install(module, names, forward=_forward(dict(linears)))
+        added += runtime_routing.install(module, names, forward=_forward(linears))
     except Exception:  # nothing left behind
         for name in added:
             module._modules.pop(name, None)
