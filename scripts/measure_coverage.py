@@ -177,8 +177,7 @@ def measure(source: str, group: str, name: str) -> dict:
     row["unruled"] = dict(Counter(kind for _, kind in unruled_modules(model, composite)))
     row["untraced"] = [f"{kind}: {reason}" for _, kind, reason in attribution.untraced]
     if row["error"] > TOLERANCE:
-        violation = lrp.locate_violation(model, inputs, attribution, composite, tolerance=TOLERANCE,
-                                         conservative=True)
+        violation = lrp.locate_violation(model, inputs, attribution, composite, tolerance=TOLERANCE)
         row["changes"] = [] if violation is None else violation.kinds
     return row
 

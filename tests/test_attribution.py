@@ -100,7 +100,7 @@ def _with_block(block: torch.nn.Module) -> torch.nn.Sequential:
 
 
 def test_untraceable_residual_block_is_routed_while_it_runs_and_named():
-    model = _with_block(UntraceableResidual())
+    model = _with_block(UntraceableResidual()).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # conserves: no warning
         result = lrp.attribute(model, make_inputs(1, 8))

@@ -63,3 +63,15 @@ def test_float32_conserves_to_the_default_tolerance(name):
     """docs/method.md's claim: 1e-5 in float32 (measured: 1.4e-7 on resnet18, 4.2e-7 on resnet50)."""
     result = lrp.attribute(make_model(name, dtype=torch.float32), make_inputs(4, 64, dtype=torch.float32))
     assert float(result.conservation_error.max()) <= lrp.DEFAULT_TOLERANCE == 1e-5
+
+
+def test_paper_variant_exceeds_the_one_tolerance_and_says_it_is_by_design(resnet18, inputs):
+    """flows_skip loses relevance by design: attribute warns at the same tolerance check uses, naming the reasons
+    instead of a module (nothing is re-run to locate it); the report fails and says the same."""
+    with pytest.warns(lrp.ConservationWarning, match=r"> tolerance 1e-05\); by design: .*epsilon=1e-05") as caught:
+        lrp.attribute(resnet18, inputs, "flows_skip")
+    violation = caught[0].message.violation
+    assert violation.places == [] and violation.reasons and violation.ratio < 1
+    report = lrp.check_conservation(resnet18, inputs, "flows_skip")
+    assert not report.passed and "not conserved: by design: " in report.format_table()
+    assert report.to_dict()["losses_by_design"] == violation.reasons

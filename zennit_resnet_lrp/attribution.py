@@ -14,8 +14,9 @@ from .canonizers import ResidualCanonizer, residual_blocks
 from .composites import DEFAULT_METHOD, ResidualComposite
 from .registry import UnknownCompositeError, make_composite
 from .conservation import (
-    DEFAULT_TOLERANCE, WARNING_TOLERANCE, ConservationReport, ConservationWarning, Violation, locate, worst_violation,
+    DEFAULT_TOLERANCE, ConservationReport, ConservationWarning, Violation, design_losses, locate, worst_violation,
 )
+from .gaps import custom_functions, uncovered_modules
 from .layer import ResidualSum
 from .recording import AbsorptionRecorder, RelevanceRecorder
 from .results import Attribution
@@ -27,6 +28,10 @@ START_WITH = ("softmax", "logit", "one")
 
 class AttributionError(ValueError):
     """Bad input to :py:func:`attribute` (wrong shape, unknown method, target out of range, ...)."""
+
+
+class TrainingModeWarning(UserWarning):
+    """The model was handed over in training mode: it is attributed in eval mode and put back in training mode."""
 
 
 def _target_tensor(target, count: int) -> torch.Tensor:
@@ -100,7 +105,7 @@ def attribute(
     *,
     batch_size: int | None = None,
     record_blocks: bool = False,
-    tolerance: float | None = WARNING_TOLERANCE,
+    tolerance: float | None = DEFAULT_TOLERANCE,
     bounds: tuple | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> Attribution:
@@ -109,8 +114,9 @@ def attribute(
     Parameters
     ----------
     model : torch.nn.Module
-        A classifier returning logits (N, K). It is left exactly as it was: same parameter objects, same values,
-        same training flags, no hooks, no gradients, also when an exception is raised.
+        A classifier returning logits (N, K). It is attributed in eval mode (a model in training mode is put in eval
+        mode for it, with a warning) and left exactly as it was: same parameter objects, same values, same training
+        flags, no hooks, no gradients, also when an exception is raised.
     inputs : torch.Tensor
         Batch (N, C, H, W) on the model's device and with its dtype. Channels-last batches work too (faster on
         the CPU for larger batches; see docs/benchmarks.md); the relevance comes back in their layout.
@@ -126,8 +132,9 @@ def attribute(
     record_blocks : bool
         Also record the relevance entering and leaving every residual block (``Attribution.blocks``).
     tolerance : float or None
-        Warn (:py:class:`ConservationWarning`) when ``|input relevance - start| / |start|`` exceeds this for a sample,
-        naming the module where relevance changes; None to skip the check.
+        Warn (:py:class:`ConservationWarning`) when ``|input relevance - start| / |start|`` exceeds this for a sample
+        (the one tolerance, :py:data:`DEFAULT_TOLERANCE`, by default), naming the modules no rule covers and where
+        relevance changes, or why the method loses relevance by design; None to skip the check.
     bounds : (low, high), optional
         Lowest and highest input values, for a ``method`` named by a composite with a box rule; ImageNet's by default.
     progress : callable, optional
@@ -138,6 +145,10 @@ def attribute(
     Attribution
     """
     _check_inputs(model, inputs, start_with)
+    if model.training:
+        warnings.warn(TrainingModeWarning(
+            f"{type(model).__name__} is in training mode: attributed in eval mode (dropout off, batch norms with their "
+            "running statistics), then put back in training mode"), stacklevel=2)
     if batch_size is not None and batch_size < 1:
         raise AttributionError(f"batch_size must be at least 1, not {batch_size}")
     try:
@@ -186,8 +197,7 @@ def check_conservation(
         raise AttributionError(str(error)) from None
     result = attribute(model, inputs, composite, target, start_with, batch_size=batch_size, record_blocks=True,
                        tolerance=None, progress=progress)
-    violation = locate_violation(model, inputs, result, composite, start_with, tolerance=tolerance,
-                                 conservative=True)
+    violation = locate_violation(model, inputs, result, composite, start_with, tolerance=tolerance)
     return ConservationReport(result, tolerance, violation)
 
 
@@ -215,10 +225,14 @@ def _run(model, inputs, composite, request: _Request, watch: Callable[[torch.nn.
                   for begin in range(0, inputs.shape[0], request.batch_size)]
         blocks = recorder.results() if recorder is not None else None
         tokens = bool(absorption.modules)
-    relevance, chosen, values, outputs, absorbed = (torch.cat(column) for column in zip(*chunks))
+        uncovered = uncovered_modules(model)
+    relevance, chosen, values, outputs, absorbed, functions = zip(*chunks)
+    relevance, chosen, values, outputs, absorbed = (torch.cat(column) for column in
+                                                    (relevance, chosen, values, outputs, absorbed))
     untraced = [entry for canonizer in getattr(composite, "canonizers", [])
                 if isinstance(canonizer, ResidualCanonizer) for entry in canonizer.untraced]
-    return Attribution(relevance, chosen, values, outputs, blocks, untraced, absorbed if tokens else None)
+    return Attribution(relevance, chosen, values, outputs, blocks, untraced, absorbed if tokens else None, uncovered,
+                       list(dict.fromkeys(name for names in functions for name in names)))
 
 
 @contextmanager
@@ -264,7 +278,8 @@ def _parameters_constant(model: torch.nn.Module) -> Iterator[None]:
 
 def _attribute_chunk(model, chunk: torch.Tensor, request: _Request, begin: int,
                      absorption: AbsorptionRecorder) -> tuple:
-    """``(relevance, target, start, output, absorbed)`` of one chunk of inputs starting at sample ``begin``."""
+    """``(relevance, target, start, output, absorbed, custom functions)`` of one chunk of inputs starting at sample
+    ``begin``."""
     chunk = chunk.detach().clone().requires_grad_(True)
     absorption.take()  # nothing left from an earlier forward pass
     with torch.enable_grad():
@@ -272,6 +287,7 @@ def _attribute_chunk(model, chunk: torch.Tensor, request: _Request, begin: int,
         if output.ndim != 2:
             raise AttributionError(f"the model returned shape {tuple(output.shape)}; expected logits (N, K)")
         output_values = output.detach()
+        functions = custom_functions(output)
         target = None if request.target is None else request.target[begin:begin + chunk.shape[0]]
         chosen = _targets(target, output_values)
         values = _start_values(output_values, chosen, request.start_with)
@@ -296,7 +312,7 @@ def _attribute_chunk(model, chunk: torch.Tensor, request: _Request, begin: int,
             per_sample[sample] += sum(part.detach().sum() for part in parts if part is not None)
     if request.progress is not None:
         request.progress(count)
-    return relevance.detach(), chosen, values, output_values, per_sample
+    return relevance.detach(), chosen, values, output_values, per_sample, functions
 
 
 def locate_violation(
@@ -306,27 +322,22 @@ def locate_violation(
     composite: Composite,
     start_with: str = "softmax",
     *,
-    tolerance: float = WARNING_TOLERANCE,
-    conservative: bool | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
 ) -> Violation | None:
     """Whether ``result`` (an attribution of ``inputs`` with ``composite``) misses its start relevance by more than
-    ``tolerance`` for a sample and, if so, where: the worst sample is attributed again, watching every module.
-
-    Parameters
-    ----------
-    conservative : bool, optional
-        Count lost relevance too (True) or only relevance that grew (False); by default, whether the composite
-        promises conservation (the paper's variants lose relevance by design).
-    """
-    if conservative is None:
-        conservative = getattr(composite, "conservative", False)
-    worst = worst_violation(result, conservative, tolerance)
+    ``tolerance`` for a sample and, if so, why and where: the modules no rule covers, the custom autograd functions,
+    the composite's own reasons where it loses relevance by design, and otherwise the modules where relevance changes
+    (the worst sample attributed again, watching every module)."""
+    worst = worst_violation(result, tolerance)
     if worst is None:
         return None
+    kept = result.total[worst] + (0 if result.absorbed is None else result.absorbed[worst])
+    ratio, reasons = float(kept / result.start[worst]), design_losses(composite)
+    causes = {"reasons": reasons, "uncovered": result.uncovered, "functions": result.functions}
+    if reasons and ratio <= 1:  # lost by design: every layer of the method loses some, nothing to locate
+        return Violation(worst, ratio, float(result.conservation_error[worst]), tolerance, [], **causes)
     names = [name for name, _ in model.named_modules() if name]  # the model's own modules
     one = _Request(result.target[worst:worst + 1], start_with, 1)
     traced = _run(model, inputs[worst:worst + 1], composite, one, watch=lambda canonized: names)
     places = locate(traced.blocks or [], float(result.start[worst]), tolerance, dict(model.named_modules()))
-    kept = result.total[worst] + (0 if result.absorbed is None else result.absorbed[worst])
-    return Violation(worst, float(kept / result.start[worst]), float(result.conservation_error[worst]), tolerance,
-                     places)
+    return Violation(worst, ratio, float(result.conservation_error[worst]), tolerance, places, **causes)

@@ -68,11 +68,14 @@ class ResidualComposite:
     merge_batchnorm : bool
         Whether the residual canonizer also merges batch norms (zennit's rule tables expect that).
     conservative : bool
-        Whether the rules promise ``sum of input relevance == start`` (then any loss is reported, not only growth).
+        Whether the rules promise ``sum of input relevance == start``.
+    loss_reasons : list of str
+        Where the rules lose relevance by design (empty where they conserve): what a warning says.
     """
 
     merge_batchnorm = False
     conservative = False
+    loss_reasons: Sequence[str] = ("its rules do not promise conservation",)
 
     def __init__(self, *args, **kwargs) -> None:
         self._snapshot: ModelSnapshot | None = None
@@ -166,6 +169,7 @@ class ResNetLRP(ResidualComposite, SpecialFirstLayerMapComposite):
 
     split = "ratio"
     split_identity = True
+    rule_losses: Sequence[str] = ()  # where a subclass's own rules lose relevance, whatever its parameters
     epsilon = 1e-5
     maxpool = "average_stand_in"
     unsupported = DROP
@@ -194,9 +198,15 @@ class ResNetLRP(ResidualComposite, SpecialFirstLayerMapComposite):
                 setattr(self, key, value)
         rule_args = {"epsilon": self.epsilon, "unsupported": self.unsupported, "fast": fast}
         maxpool_rule = self._maxpool_rule(self.maxpool, rule_args)
-        # exact division, flat fallback and a max-pool rule that keeps every output's relevance
-        self.conservative = (self.epsilon == 0 and self.unsupported == FLAT
-                             and isinstance(maxpool_rule, (MaxPoolProportional, MaxPoolWinnerTakesAll)))
+        # exact division, flat fallback and a max-pool rule that keeps every output's relevance conserve
+        self.loss_reasons = [*self.rule_losses, *(reason for reason, loses in (
+            ("identity skips get none of it", not self.split_identity),
+            (f"the stabiliser epsilon={self.epsilon:g} absorbs some", self.epsilon != 0),
+            ("units without positive pre-activation drop what reaches them", self.unsupported != FLAT),
+            ("the reference's average stand-in for max-pooling leaks",
+             not isinstance(maxpool_rule, (MaxPoolProportional, MaxPoolWinnerTakesAll))),
+        ) if loses)]
+        self.conservative = not self.loss_reasons
         layer_map = list(layer_map or []) + [
             (ResidualSum, RelevanceSplit(self.split, self.split_identity, fast=fast)),
             (SumOver, ReductionSplit(self.split, fast=fast)),
@@ -281,7 +291,7 @@ class AttnLRP(FlowsSkipConservative):
     the attention weights too, by the bilinear rule at the products (the epsilon rule over the contracted index, half
     to each factor) and the softmax rule; neither conserves relevance exactly."""
 
-    conservative = False
+    rule_losses = ("AttnLRP's bilinear and softmax rules at attention do not conserve exactly",)
 
     @staticmethod
     def attention_rules(rule_args: dict) -> LayerMap:

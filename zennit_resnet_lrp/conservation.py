@@ -6,17 +6,25 @@ returns a :py:class:`ConservationReport`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
 import torch
 
 from .recording import ModuleRelevance
 from .results import Attribution
 
-# the largest acceptable |input relevance - start| / |start| of the default (conservative) method, everywhere:
-# check_conservation(), `resnet-lrp check`; float32 rounding stays below it on ResNet-50-sized models
+# the one tolerance: the largest acceptable |input relevance (+ absorbed) - start| / |start|, used by attribute()'s
+# warning, check_conservation(), `resnet-lrp check`, `explain --strict` and `evaluate`; float32 rounding stays below it
+# on ResNet-50-sized models. Methods that lose relevance by design (the paper's variants) exceed it and say why
 DEFAULT_TOLERANCE = 1e-5
-# the error above which attribute() warns: the paper's variants lose a few percent by design
-WARNING_TOLERANCE = 0.05
+
+
+def design_losses(composite) -> list[str]:
+    """Why ``composite``'s rules lose relevance by design (empty where it promises conservation): its own
+    ``loss_reasons`` where it names them."""
+    if getattr(composite, "conservative", False):
+        return []
+    return list(getattr(composite, "loss_reasons", None) or ["its rules do not promise conservation"])
 
 
 class ConservationWarning(UserWarning):
@@ -86,6 +94,9 @@ class ConservationReport:
             "changes": [] if self.violation is None else [
                 {"module": place.name, "class": place.kind, "entering": place.entering, "leaving": place.leaving,
                  "sample": self.violation.sample} for place in self.violation.places],
+            "uncovered": [{"module": name, "class": kind} for name, kind in result.uncovered],
+            "custom_functions": list(result.functions),
+            "losses_by_design": [] if self.violation is None else self.violation.reasons,
         }
 
     def format_table(self) -> str:
@@ -104,6 +115,8 @@ class ConservationReport:
             )
         for name, kind, reason in self.attribution.untraced:
             lines.append(f"{name:<{width}} not traced ({kind}: {reason})")
+        if self.violation is not None and self.violation.causes():
+            lines.append(f"not conserved: {self.violation.causes()}")
         if self.violation is not None and self.violation.places:
             lines.append(f"relevance changes in {', '.join(map(str, self.violation.places[:3]))} (sample "
                          f"{self.violation.sample}; modules of type {', '.join(self.violation.kinds)})")
@@ -120,20 +133,14 @@ class ConservationReport:
         return "\n".join(lines)
 
 
-def violations(result: Attribution, conservative: bool, tolerance: float) -> torch.Tensor:
-    """Per sample, whether its error exceeds ``tolerance``. For methods that do not promise conservation only
-    growth counts (a residual addition nobody split): the paper's variants lose relevance by design."""
-    error = result.conservation_error
-    if not conservative:
-        kept = result.total if result.absorbed is None else result.total + result.absorbed
-        grew = (kept - result.start) * result.start.sign() > 0
-        error = torch.where(grew, error, torch.zeros_like(error))
-    return error > tolerance
+def violations(result: Attribution, tolerance: float = DEFAULT_TOLERANCE) -> torch.Tensor:
+    """Per sample, whether its error exceeds ``tolerance``."""
+    return result.conservation_error > tolerance
 
 
-def worst_violation(result: Attribution, conservative: bool, tolerance: float) -> int | None:
-    """The sample whose error exceeds ``tolerance`` the most (see :py:func:`violations`), or None."""
-    bad = violations(result, conservative, tolerance)
+def worst_violation(result: Attribution, tolerance: float = DEFAULT_TOLERANCE) -> int | None:
+    """The sample whose error exceeds ``tolerance`` the most, or None."""
+    bad = violations(result, tolerance)
     if not bool(bad.any()):
         return None
     return int(torch.where(bad, result.conservation_error, torch.full_like(result.conservation_error, -1)).argmax())
@@ -164,7 +171,7 @@ class Place:
 
 @dataclass
 class Violation:
-    """Relevance not conserved: how far off the worst sample is, and where it changes.
+    """Relevance not conserved: how far off the worst sample is, why, and where it changes.
 
     Attributes
     ----------
@@ -175,7 +182,14 @@ class Violation:
         ``|total + absorbed - start| / |start|``.
     tolerance : float
     places : list of Place
-        The innermost modules whose relevance in and out differ by more than ``tolerance`` of the start.
+        The innermost modules whose relevance in and out differ by more than ``tolerance`` of the start (not looked
+        for where the method loses relevance by design).
+    reasons : list of str
+        Why the method loses relevance by design (:py:func:`design_losses`); empty for a conserving method.
+    uncovered : list of (str, str)
+        ``(name, class name)`` of modules with weights that no rule covers (relevance crosses them as a gradient).
+    functions : list of str
+        Custom autograd functions in the forward, whose own backward carried relevance.
     """
 
     sample: int
@@ -183,24 +197,35 @@ class Violation:
     error: float
     tolerance: float
     places: list[Place]
+    reasons: list[str] = field(default_factory=list)
+    uncovered: list[tuple[str, str]] = field(default_factory=list)
+    functions: list[str] = field(default_factory=list)
 
     @property
     def kinds(self) -> list[str]:
-        """The class names of :py:attr:`places`, each once."""
-        return list(dict.fromkeys(place.kind for place in self.places))
+        """The class names of the uncovered modules and of :py:attr:`places`, each once."""
+        return list(dict.fromkeys([kind for _, kind in self.uncovered] + [place.kind for place in self.places]))
+
+    def causes(self) -> str:
+        """What the rules leave to a gradient, or why the method loses relevance: one clause, or ""."""
+        parts = [f"{kind} at '{name}' has no rule" for name, kind in self.uncovered[:3]]
+        parts += [f"custom autograd function {name} passes relevance by its own backward" for name in self.functions[:3]]
+        if self.reasons and self.ratio <= 1:
+            parts.append(f"by design: {'; '.join(self.reasons)}")
+        return "; ".join(parts)
 
     def message(self) -> str:
-        """How far off the sample is and, if known, where relevance grows or is lost."""
+        """How far off the sample is, why, and where relevance grows or is lost."""
         where = ", ".join(str(place) for place in self.places[:3])
-        if where and self.ratio > 1:
-            hint = (f"; it grows in {where}: an addition the canonizer could not route (see ResidualTracingWarning) "
-                    "doubles relevance; route it through zennit_resnet_lrp.ResidualSum().add(residual, skip)")
+        clauses = [self.causes()] if self.causes() else []
+        if where and self.ratio > 1 and not self.uncovered and not self.functions:
+            clauses.append(f"it grows in {where}: an addition the canonizer could not route (see "
+                           "ResidualTracingWarning) doubles relevance; route it through "
+                           "zennit_resnet_lrp.ResidualSum().add(residual, skip)")
         elif where:
-            hint = f"; it is lost in {where}"
-        else:
-            hint = ""
+            clauses.append(f"it {'grows' if self.ratio > 1 else 'is lost'} in {where}")
         return (f"input relevance is {self.ratio:.4g} x the start relevance for sample {self.sample} "
-                f"(error {self.error:.2%} > tolerance {self.tolerance:.2%}){hint}")
+                f"(error {self.error:.2e} > tolerance {self.tolerance:.0e})" + "".join(f"; {c}" for c in clauses))
 
 
 def locate(records: list[ModuleRelevance], start: float, tolerance: float, modules: dict) -> list[Place]:

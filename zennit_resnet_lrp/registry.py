@@ -25,6 +25,7 @@ class SplitCounterpart(ResidualComposite):
     ``ResNetCanonizer`` does; every keyword of the zennit composite is accepted."""
 
     merge_batchnorm = True
+    loss_reasons = ("zennit's epsilon rule and the layers' biases absorb some",)
 
     def __init__(self, split: str = "ratio", split_identity: bool = True, layer_map: LayerMap | None = None,
                  canonizers: Sequence[Canonizer] | None = None, **kwargs) -> None:

@@ -37,6 +37,11 @@ class Attribution:
     absorbed : torch.Tensor or None
         Relevance that ended on the model's own tokens (class, distillation, register tokens) per sample, shape (N,):
         ``total + absorbed`` is what a conserving method keeps of ``start``. None where the model has no such tokens.
+    uncovered : list of (str, str)
+        ``(name, class name)`` of the modules with weights of their own that no rule covered: relevance crossed them
+        as a plain gradient (an ``nn.GRU``), which does not conserve it.
+    functions : list of str
+        Custom ``torch.autograd.Function`` classes in the forward: their own backward carried relevance there.
     """
 
     relevance: torch.Tensor
@@ -46,6 +51,8 @@ class Attribution:
     blocks: list[ModuleRelevance] | None = field(default=None)
     untraced: list[tuple[str, str, str]] = field(default_factory=list)
     absorbed: torch.Tensor | None = field(default=None)
+    uncovered: list[tuple[str, str]] = field(default_factory=list)
+    functions: list[str] = field(default_factory=list)
 
     @property
     def heatmap(self) -> torch.Tensor:

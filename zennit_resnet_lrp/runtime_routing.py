@@ -146,7 +146,9 @@ class _Router(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if self.depth:
+        # inside a child, or inside a custom autograd function's forward (autograd is off there): that function's own
+        # backward carries relevance through it, as its author wrote it (named in the attribution's warnings)
+        if self.depth or not torch.is_grad_enabled():
             return func(*args, **kwargs)
         routed = self._route(func, args, kwargs)
         result = func(*args, **kwargs) if routed is None else routed

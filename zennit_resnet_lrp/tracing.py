@@ -22,10 +22,17 @@ class TraceFailure(Exception):
 
 
 class _OwnForwardTracer(torch.fx.Tracer):
-    """Traces the root module's own forward only: every child is called as a leaf."""
+    """Traces the root module's own forward only: every child is called as a leaf. An operation recorded with autograd
+    off is inside a custom ``torch.autograd.Function``'s forward (or a ``no_grad`` block), which tracing would inline,
+    dropping the function's own backward: such a forward is not traced (it is run as it is, and named)."""
 
     def is_leaf_module(self, module: torch.nn.Module, qualified_name: str) -> bool:
         return True
+
+    def create_node(self, kind, target, args, kwargs, name=None, type_expr=None):
+        if kind in ("call_function", "call_method") and not torch.is_grad_enabled():
+            raise TraceFailure("computes with autograd off (a custom autograd function or a no_grad block)")
+        return super().create_node(kind, target, args, kwargs, name, type_expr)
 
 
 def whole_layers() -> tuple[type, ...]:
@@ -85,7 +92,10 @@ def trace(module: torch.nn.Module, absent: frozenset = frozenset()) -> tuple[tor
     before = set(vars(module))
     try:
         fixed = {**flag_arguments(module), **{name: None for name in absent}}
-        graph = _OwnForwardTracer().trace(module, concrete_args=fixed or None)
+        with torch.enable_grad():  # what autograd is off for is told apart by the tracer
+            graph = _OwnForwardTracer().trace(module, concrete_args=fixed or None)
+    except TraceFailure:
+        raise
     except Exception as error:  # tracing fails in many ways (TraceError, TypeError, NotImplementedError, ...)
         raise TraceFailure(f"{type(error).__name__}: {' '.join(str(error).split())[:200]}") from None
     finally:
