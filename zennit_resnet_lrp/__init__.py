@@ -5,7 +5,13 @@ The top level is the zennit extension (the core); ``zennit_resnet_lrp.applicatio
 writes heatmaps, ``zennit_resnet_lrp.evaluation`` measures faithfulness, ``zennit_resnet_lrp.cli`` is the command
 line. Each layer imports only the ones before it.
 """
-from .attribution import AttributionError, START_WITH, attribute, check_conservation, locate_violation
+from .versions import check_torchvision
+
+check_torchvision()  # before anything imports torchvision: a torch it does not fit is one line, not a traceback
+
+from .attribution import (
+    AttributionError, START_WITH, TrainingModeWarning, attribute, check_conservation, locate_violation,
+)
 from .canonizers import MergeBatchNorm, ResidualCanonizer, ResidualTracingWarning, batchnorm_pairs, residual_blocks
 from .composites import (
     DEFAULT_METHOD, IMAGENET_MEAN, IMAGENET_STD, PAPER_VARIANTS, AttnLRP, FlowsSkip, FlowsSkipConservative,
