@@ -16,7 +16,7 @@ from .registry import UnknownCompositeError, make_composite
 from .conservation import (
     DEFAULT_TOLERANCE, ConservationReport, ConservationWarning, Violation, design_losses, locate, worst_violation,
 )
-from .gaps import custom_functions, uncovered_modules
+from .coverage import custom_functions, uncovered_modules
 from .layer import ResidualSum
 from .recording import AbsorptionRecorder, RelevanceRecorder
 from .results import Attribution

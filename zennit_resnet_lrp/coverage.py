@@ -1,11 +1,16 @@
-"""Which layers of a model a composite gives no rule: the leaves of the canonized model that neither have a rule nor
-only move values (reshapes, dropout, padding), where relevance follows the gradient and may not be conserved."""
+"""What the rules leave to the plain gradient, where relevance may not be conserved: the leaves of the canonized model
+that neither have a rule nor only move values (reshapes, dropout, padding), for the coverage report; and, for the
+conservation warning, the modules with weights that no rule covers (an ``nn.GRU``) and the custom autograd functions
+in the forward (their own backward carries relevance there)."""
 from __future__ import annotations
 
 import torch
 from zennit.core import Composite, Hook
 
 from .snapshot import evaluating
+
+# where the autograd functions that are part of the method itself are defined
+_OWN_FUNCTIONS = ("torch.", "zennit.", "zennit_resnet_lrp.")
 
 # leaves that only move, copy or drop values: their gradient passes relevance unchanged in eval mode
 PASSIVE = {
@@ -36,3 +41,34 @@ def unruled_modules(model: torch.nn.Module, composite: Composite) -> list[tuple[
                     and not has_rule(module)]
         finally:
             composite.remove()
+
+
+def uncovered_modules(model: torch.nn.Module) -> list[tuple[str, str]]:
+    """``(name, class name)`` of the modules of a model with a composite registered that hold parameters of their own
+    while neither they nor any module inside them has a rule: relevance crosses them as a plain gradient."""
+    found = []
+    for name, module in model.named_modules():
+        if not name or has_rule(module) or next(module.parameters(recurse=False), None) is None:
+            continue
+        if any(has_rule(inner) for inner in module.modules()):  # broken down into children with rules (an LSTM)
+            continue
+        found.append((name, type(module).__name__))
+    return found
+
+
+def custom_functions(output: torch.Tensor) -> list[str]:
+    """The custom ``torch.autograd.Function`` classes (``module.QualifiedName``) in ``output``'s graph, other than
+    torch's, zennit's and this package's own: their backward, as their authors wrote it, carries relevance there."""
+    found: dict[str, None] = {}
+    seen: set[int] = set()
+    pending = [output.grad_fn]
+    while pending:
+        node = pending.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        cls = getattr(node, "_forward_cls", None)
+        if cls is not None and not f"{cls.__module__}.".startswith(_OWN_FUNCTIONS):
+            found[f"{cls.__module__}.{cls.__qualname__}"] = None
+        pending.extend(next_node for next_node, _ in node.next_functions)
+    return list(found)

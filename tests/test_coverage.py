@@ -70,9 +70,9 @@ def test_custom_autograd_function_is_followed_and_named():
     """Its own backward carries relevance (three times the relevance: not inlined as tracing would), and the warning
     names it and the module where relevance grows."""
     x = make_inputs(2, 16)
-    with pytest.warns(lrp.ConservationWarning, match=r"custom autograd function test_gaps\.TimesThree .*'2' "):
+    with pytest.warns(lrp.ConservationWarning, match=r"custom autograd function test_coverage\.TimesThree .*'2' "):
         result = lrp.attribute(_function_model(True), x)
-    assert result.functions == ["test_gaps.TimesThree"]
+    assert result.functions == ["test_coverage.TimesThree"]
     torch.testing.assert_close(result.total, 3 * result.start, rtol=1e-10, atol=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
