@@ -237,7 +237,7 @@ def test_weight_standardised_and_same_padded_convolutions():
     """timm's weight-standardised convolutions: z+ uses the weights their forward computes with; timm's "same"
     convolutions and max-pools pad at run time as the rules do (odd sizes included)."""
     timm = pytest.importorskip("timm.layers")
-    from zennit_resnet_lrp.maps import effective_weight, same_padding
+    from zennit_resnet_lrp.rules.maps import effective_weight, same_padding
 
     torch.manual_seed(0)
     x = torch.randn(2, 4, 9, 11, dtype=torch.float64)

@@ -1,5 +1,6 @@
 """The package's layers: core < application < evaluation < cli. No module imports one of a higher layer, and the
-modules' imports form no circle; the command line installs as zennit_resnet_lrp.cli, never as a top-level ``cli``."""
+modules' imports form no circle; in the core, the rules and the rewriting import nothing of each other; the command
+line installs as zennit_resnet_lrp.cli, never as a top-level ``cli``."""
 from __future__ import annotations
 
 import ast
@@ -64,6 +65,18 @@ def test_no_module_imports_a_higher_layer():
     upward = [(name, target) for name, targets in _graph().items() for target in targets
               if _layer(target) > _layer(name)]
     assert not upward
+
+
+@pytest.mark.parametrize("half, other", [("rules", "rewriting"), ("rewriting", "rules")])
+def test_the_two_halves_of_the_core_import_nothing_of_each_other(half, other):
+    """How relevance crosses a module and how operations become modules are independent: they meet only in the
+    composites, the registry and the attribution at the top."""
+    graph = _graph()
+    inside = [name for name in graph if name.startswith(f"{PACKAGE}.{half}")]
+    assert len(inside) > 5
+    crossing = [(name, target) for name in inside for target in graph[name]
+                if target.startswith(f"{PACKAGE}.{other}") or target == PACKAGE]
+    assert not crossing
 
 
 def test_no_import_circle():

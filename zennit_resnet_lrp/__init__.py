@@ -1,9 +1,11 @@
 """LRP with conservation for ResNets: Relevance Splitting (Otsuki et al., ECCV 2024) as zennit canonizers,
 rules and composites.
 
-The top level is the zennit extension (the core); ``zennit_resnet_lrp.application`` reads images and models and
-writes heatmaps, ``zennit_resnet_lrp.evaluation`` measures faithfulness, ``zennit_resnet_lrp.cli`` is the command
-line. Each layer imports only the ones before it.
+Two independent halves: :py:mod:`.rules` (how relevance crosses one module) and :py:mod:`.rewriting` (how a model's
+operations become explicit modules). They meet at the top: :py:mod:`.composites` and :py:mod:`.registry` (which rule
+for which module), :py:mod:`.attribution` (``attribute``, ``check_conservation``), :py:mod:`.conservation`.
+``zennit_resnet_lrp.application`` reads images and models and writes heatmaps, ``zennit_resnet_lrp.evaluation``
+measures faithfulness, ``zennit_resnet_lrp.cli`` is the command line. Each layer imports only the ones before it.
 """
 from .versions import check_torchvision
 
@@ -12,7 +14,6 @@ check_torchvision()  # before anything imports torchvision: a torch it does not 
 from .attribution import (
     AttributionError, START_WITH, TrainingModeWarning, attribute, check_conservation, locate_violation,
 )
-from .canonizers import MergeBatchNorm, ResidualCanonizer, ResidualTracingWarning, batchnorm_pairs, residual_blocks
 from .composites import (
     DEFAULT_METHOD, IMAGENET_MEAN, IMAGENET_STD, PAPER_VARIANTS, AttnLRP, FlowsSkip, FlowsSkipConservative,
     FlowsSkipSimple, Latest, ResidualComposite, ResNetLRP, Simple, box_bounds,
@@ -22,22 +23,18 @@ from .registry import (
     UnknownCompositeError, make_composite,
 )
 from .conservation import DEFAULT_TOLERANCE, ConservationReport, ConservationWarning, Place, Violation
-from .core import RelevanceRule
-from .attention import AttentionValues, BilinearSplit, SoftmaxRule
-from .layer import (
-    Attention, AttentionProduct, Elementwise, FunctionalNorm, FunctionalPool, GatedProduct, MatrixProduct, Product,
-    ResidualSum, Scale, SumOver, TokenConcat,
-)
 from .recording import ModuleRelevance, RelevanceRecorder
 from .results import Attribution, relative_error
-from .pool_rules import (
-    MaxPoolAverageStandIn, MaxPoolProportional, MaxPoolWinnerTakesAll, PaddingToEdge, PoolProportional,
+from .rewriting import (
+    Attention, AttentionProduct, Elementwise, FunctionalNorm, FunctionalPool, GatedProduct, MatrixProduct,
+    MergeBatchNorm, Product, ResidualCanonizer, ResidualSum, ResidualTracingWarning, Scale, SumOver, TokenConcat,
+    TraceCache, batchnorm_pairs, residual_blocks,
 )
 from .rules import (
-    FlatInputZPlus, GateAsWeight, PassThrough, PositiveProportional, ReductionSplit, RelevanceSplit, UniformSplit,
-    ZPlus,
+    AttentionValues, BilinearSplit, FlatInputZPlus, GateAsWeight, MaxPoolAverageStandIn, MaxPoolProportional,
+    MaxPoolWinnerTakesAll, PaddingToEdge, PassThrough, PoolProportional, PositiveProportional, ReductionSplit,
+    RelevanceRule, RelevanceSplit, SoftmaxRule, UniformSplit, ZPlus,
 )
 from .snapshot import ModelSnapshot, evaluating
-from .rewriting import TraceCache
 
 __version__ = "0.1.0"

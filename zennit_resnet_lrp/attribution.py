@@ -10,14 +10,13 @@ from typing import Callable, Iterator, Sequence
 import torch
 from zennit.core import Composite
 
-from .canonizers import ResidualCanonizer, residual_blocks
 from .composites import DEFAULT_METHOD, ResidualComposite
 from .registry import UnknownCompositeError, make_composite
 from .conservation import (
     DEFAULT_TOLERANCE, ConservationReport, ConservationWarning, Violation, design_losses, locate, worst_violation,
 )
 from .coverage import custom_functions, uncovered_modules
-from .layer import ResidualSum
+from .rewriting import ResidualCanonizer, ResidualSum, residual_blocks
 from .recording import AbsorptionRecorder, RelevanceRecorder
 from .results import Attribution
 from .snapshot import evaluating

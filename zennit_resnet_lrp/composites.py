@@ -12,19 +12,15 @@ from zennit.core import Hook
 from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetBottleneckCanonizer, ResNetCanonizer
 from zennit.types import BatchNorm
 
-from .canonizers import ResidualCanonizer
-from .attention import AttentionValues, BilinearSplit, SoftmaxRule
-from .layer import (
-    AttentionProduct, FunctionalPool, GatedProduct, MatrixProduct, Pad, Product, ResidualSum, Scale, SumOver,
-)
-from .patches import CopiesBack, Fold, FoldSplit
-from .pool_rules import (
-    MaxPoolAverageStandIn, MaxPoolProportional, MaxPoolWinnerTakesAll, PaddingToEdge, PoolProportional,
+from .rewriting import (
+    AttentionProduct, Fold, FunctionalPool, GatedProduct, MatrixProduct, Pad, Product, ResidualCanonizer, ResidualSum,
+    Scale, SumOver, activation_types, normalization_types,
 )
 from .rules import (
-    DROP, FLAT, FlatInputZPlus, GateAsWeight, PassThrough, ReductionSplit, RelevanceSplit, UniformSplit, ZPlus,
+    DROP, FLAT, AttentionValues, BilinearSplit, CopiesBack, FlatInputZPlus, FoldSplit, GateAsWeight,
+    MaxPoolAverageStandIn, MaxPoolProportional, MaxPoolWinnerTakesAll, PaddingToEdge, PassThrough, PoolProportional,
+    ReductionSplit, RelevanceSplit, SoftmaxRule, UniformSplit, ZPlus,
 )
-from .types import activation_types, normalization_types
 from .snapshot import ModelSnapshot
 
 DEFAULT_METHOD = "flows_skip_conservative"

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .layer import ResidualSum, Token, TokenConcat
+from .rewriting import ResidualSum, Token, TokenConcat
 
 
 def _per_sample_sum(tensor: torch.Tensor) -> torch.Tensor:

@@ -12,10 +12,8 @@ from zennit.composites import COMPOSITES, EpsilonAlpha2Beta1, EpsilonGammaBox, E
 from zennit.core import Composite
 from zennit.layer import Sum
 
-from .canonizers import ResidualCanonizer
 from .composites import DEFAULT_METHOD, PAPER_VARIANTS, LayerMap, ResidualComposite, box_bounds, explicit_module_rules
-from .layer import ResidualSum, SumOver
-from .rewriting import TraceCache
+from .rewriting import ResidualCanonizer, ResidualSum, SumOver, TraceCache
 from .rules import ReductionSplit, RelevanceSplit
 
 

@@ -160,8 +160,7 @@ def attention_rollout(model, inputs, targets, context):
     token's row (the mean row without one) over the patch tokens, upsampled to the image. Independent of the target."""
     from zennit.core import Composite
 
-    from ..canonizers import ResidualCanonizer
-    from ..layer import AttentionProduct
+    from ..rewriting import AttentionProduct, ResidualCanonizer
 
     weights = []
     canonizer = ResidualCanonizer(cache=context.cache)

@@ -21,7 +21,7 @@ from zennit.torchvision import ResNetCanonizer
 from zennit.types import Activation, AvgPool, Convolution, Linear
 
 from ..attribution import attribute
-from ..canonizers import MergeBatchNorm
+from ..rewriting import MergeBatchNorm
 from ..composites import DEFAULT_METHOD
 from ..registry import OUR_COMPOSITES, make_composite
 from .baselines import (
@@ -71,7 +71,9 @@ class Method:
 def _first_sentence(text: str | None) -> str:
     paragraph = " ".join((text or "").strip().split("\n\n")[0].split())
     paragraph = re.sub(r"\s*:\w+(:\w+)?:`[^`]*`", "", paragraph)  # Sphinx roles: citations, cross-references
-    return paragraph.split(". ")[0].rstrip(".").replace("``", "")
+    # a sentence ends at a full stop before a capital letter, not at "et al. 2024" or "e.g. zennit"
+    first = re.split(r"(?<!\bal)(?<!e\.g)(?<!i\.e)\.\s+(?=[A-Z`])", paragraph)[0]
+    return first.rstrip(".").replace("``", "")
 
 
 def _composite(name: str) -> MethodFunction:

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import zennit_resnet_lrp as lrp
-from zennit_resnet_lrp.layer import ResidualSum
+from zennit_resnet_lrp.rewriting import ResidualSum
 
 
 def _propagate(rule, module, x, relevance):

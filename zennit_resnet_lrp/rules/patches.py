@@ -9,30 +9,8 @@ import torch.nn.functional as F
 from torch.nn.modules.utils import _pair
 
 from .core import RelevanceRule
-from .pool_rules import to_edge
-from .rules import RelevanceSplit
-
-
-class Fold(torch.nn.Module):
-    """``F.fold`` written in a forward, made a module so that a composite gives it the sums' rule. The window's
-    geometry is fixed; the output size comes with each call (it is often read off another tensor's size).
-
-    Parameters
-    ----------
-    kernel_size, dilation, padding, stride
-        As ``F.fold`` takes them.
-    """
-
-    def __init__(self, kernel_size, dilation=1, padding=0, stride=1) -> None:
-        super().__init__()
-        self.kernel_size, self.dilation, self.padding, self.stride = kernel_size, dilation, padding, stride
-
-    def forward(self, input: torch.Tensor, output_size) -> torch.Tensor:  # noqa: A002 - the module's input
-        return F.fold(input, output_size, self.kernel_size, self.dilation, self.padding, self.stride)
-
-    def extra_repr(self) -> str:
-        return (f"kernel_size={self.kernel_size}, dilation={self.dilation}, padding={self.padding}, "
-                f"stride={self.stride}")
+from .pools import to_edge
+from .splits import RelevanceSplit
 
 
 def _geometry(module: torch.nn.Module) -> dict:

@@ -10,8 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from .graph_analysis import VARIABLE, Analysis, Node, Route, holds_node, size_argument
-from .layer import SLOT, Elementwise, FunctionalNorm, FunctionalPool, SumOver
-from .patches import Fold
+from .modules import SLOT, Elementwise, Fold, FunctionalNorm, FunctionalPool, SumOver
 
 
 # functional activation -> the module that computes the same (built with the call's further arguments)

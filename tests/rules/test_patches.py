@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 import zennit_resnet_lrp as lrp
-from zennit_resnet_lrp.patches import CopiesBack, Fold, FoldSplit
+from zennit_resnet_lrp.rewriting import Fold
+from zennit_resnet_lrp.rules import CopiesBack, FoldSplit
 from helpers import make_inputs
 
 GEOMETRY = {"kernel_size": 3, "dilation": 1, "padding": 1, "stride": 2}

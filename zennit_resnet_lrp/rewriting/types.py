@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-from .layer import Elementwise, FunctionCall, FunctionalNorm
+from .modules import Elementwise, FunctionCall, FunctionalNorm
 
 # zennit's Activation without MultiheadAttention (not an activation), with Mish and elementwise functions
 ACTIVATIONS = (

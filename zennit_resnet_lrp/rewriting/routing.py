@@ -23,7 +23,7 @@ from .functional_routes import route_function
 from .graph_analysis import (
     Analysis, ChildNames, Node, Route, binary_operands, insert, is_attention_weights, is_gate, reads_size,
 )
-from .layer import (
+from .modules import (
     Attention, AttentionProduct, GatedProduct, MatrixProduct, Product, ResidualSum, Scale, Token, TokenConcat,
 )
 from .tracing import child_of

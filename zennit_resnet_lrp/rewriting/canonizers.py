@@ -4,7 +4,6 @@ A canonizer gives a model the form the rules need and is undone by ``remove()``,
 """
 from __future__ import annotations
 
-import types
 import warnings
 from typing import Callable
 
@@ -13,12 +12,12 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 from zennit.canonizers import Canonizer
 from zennit.types import BatchNorm, Linear
 
-from . import recurrent, windows
-from .layer import Attention, ResidualSum
-from .snapshot import ModelSnapshot
+from ..snapshot import ModelSnapshot
 from . import runtime_routing
-from .rewriting import TraceCache
-from .tracing import TraceFailure, may_add_or_gate, trace, traceable, whole_layers
+from .breakdowns import breakdown_for
+from .forward import TraceCache
+from .modules import ResidualSum
+from .tracing import ResidualTracingWarning, TraceFailure, may_add_or_gate, trace, traceable, whole_layers
 
 SUM_NAME = "residual_sum"
 
@@ -61,10 +60,6 @@ def _feeding_pairs(module: torch.nn.Module) -> list[tuple[torch.nn.Module, torch
             and node.args[0].op == "call_module" and len(node.args[0].users) == 1]
 
 
-class ResidualTracingWarning(UserWarning):
-    """A module whose forward could not be traced: additions or gates in it are not routed."""
-
-
 def _basic_block_forward(self: BasicBlock, x: torch.Tensor) -> torch.Tensor:
     out = self.relu(self.bn1(self.conv1(x)))
     out = self.bn2(self.conv2(out))
@@ -86,51 +81,6 @@ BLOCK_FORWARDS: dict[type, Callable] = {
     BasicBlock: _basic_block_forward,
     Bottleneck: _bottleneck_forward,
 }
-
-
-def _multihead_forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
-                       average_attn_weights=True, is_causal=False):
-    """``nn.MultiheadAttention``'s forward through explicit modules: the projections as linear layers, the attention
-    as an :py:class:`~zennit_resnet_lrp.layer.Attention`; the same output (no attention weights returned)."""
-    if not self.batch_first:
-        query, key, value = (tensor.transpose(0, 1) for tensor in (query, key, value))
-    batch, length, width = query.shape
-    heads = self.num_heads
-
-    def split(tensor):  # (N, L, E) -> (N, heads, L, E / heads)
-        return tensor.reshape(batch, tensor.shape[1], heads, -1).transpose(1, 2)
-
-    mask = None
-    if attn_mask is not None:  # True: not attended, in MultiheadAttention's convention; a float mask is added
-        mask = ~attn_mask if attn_mask.dtype == torch.bool else attn_mask
-        mask = mask.reshape(batch, heads, *mask.shape[-2:]) if mask.ndim == 3 else mask
-    if key_padding_mask is not None:
-        keep = ~key_padding_mask[:, None, None, :] if key_padding_mask.dtype == torch.bool \
-            else key_padding_mask[:, None, None, :]
-        mask = keep if mask is None else (mask & keep if mask.dtype == torch.bool and keep.dtype == torch.bool
-                                          else mask + keep)
-    output = self.attention(split(self.q_proj(query)), split(self.k_proj(key)), split(self.v_proj(value)), mask,
-                            0.0, is_causal and attn_mask is None)
-    output = self.out_proj(output.transpose(1, 2).reshape(batch, length, width))
-    return (output if self.batch_first else output.transpose(0, 1)), None
-
-
-def _projections(module: torch.nn.MultiheadAttention) -> dict[str, torch.nn.Linear]:
-    """The query, key and value projections of ``nn.MultiheadAttention`` as linear layers holding views of its own
-    weights (nothing copied)."""
-    width = module.embed_dim
-    layers = {}
-    for index, name in enumerate(("q_proj", "k_proj", "v_proj")):
-        weight = module.in_proj_weight[index * width:(index + 1) * width] if module._qkv_same_embed_dim \
-            else getattr(module, f"{name}_weight")
-        layer = torch.nn.Linear(weight.shape[1], width, bias=module.in_proj_bias is not None, device=weight.device,
-                                dtype=weight.dtype)
-        layer.weight = torch.nn.Parameter(weight.detach(), requires_grad=False)
-        if module.in_proj_bias is not None:
-            layer.bias = torch.nn.Parameter(module.in_proj_bias[index * width:(index + 1) * width].detach(),
-                                            requires_grad=False)
-        layers[name] = layer
-    return layers
 
 
 def residual_blocks(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
@@ -191,17 +141,8 @@ class ResidualCanonizer(Canonizer):
                 instance = self.copy()
                 instance.register(module)
                 instances.append(instance)
-            elif isinstance(module, torch.nn.MultiheadAttention) and "forward" not in module.__dict__:
-                instances += self._decomposed(name, module)
-            elif recurrent.is_lstm(module) and "forward" not in module.__dict__:
-                instance = self.copy()
-                instance.module, instance.added = module, recurrent.decompose(module)
-                self.untraced.append((name, type(module).__name__, "a fused LSTM; decomposed and routed while it runs"))
-                instances.append(instance)
-            elif windows.is_shifted_window_attention(module) and "forward" not in module.__dict__:
-                instance = self.copy()
-                instance.module, instance.added = module, windows.decompose(module)
-                instances.append(instance)
+            elif "forward" not in module.__dict__ and breakdown_for(module) is not None:
+                instances += self._broken_down(name, module, breakdown_for(module))
             elif self.trace and traceable(module, whole) and "forward" not in module.__dict__:
                 # (an instance forward is someone else's rewrite: left alone)
                 instances += self._rewritten(name, module)
@@ -209,21 +150,16 @@ class ResidualCanonizer(Canonizer):
             instances += MergeBatchNorm().apply(root_module)
         return instances
 
-    def _decomposed(self, name: str, module: torch.nn.MultiheadAttention) -> list[Canonizer]:
-        """``nn.MultiheadAttention`` through explicit modules (its projections, an ``Attention``), so that the rules
-        see its attention; one instance to undo it. Left as it is, with a warning, where it adds key and value biases
-        or zero attention (the decomposition does not cover them)."""
-        if module.bias_k is not None or module.add_zero_attn:
-            warnings.warn(f"'{name}' (MultiheadAttention) adds key and value biases or zero attention: its attention "
-                          "is not decomposed, relevance follows its gradient", ResidualTracingWarning, stacklevel=3)
+    def _broken_down(self, name: str, module: torch.nn.Module, breakdown) -> list[Canonizer]:
+        """A fused module written out through explicit modules by its breakdown (one instance to undo it); nothing
+        where the breakdown leaves it whole."""
+        added = breakdown.decompose(module, name)
+        if added is None:
             return []
         instance = self.copy()
-        instance.module = module
-        children = {**_projections(module), "attention": Attention()}
-        for child, layer in children.items():
-            module.add_module(child, layer)
-        instance.added = list(children)
-        module.__dict__["forward"] = types.MethodType(_multihead_forward, module)
+        instance.module, instance.added = module, added
+        if breakdown.NOTE:
+            self.untraced.append((name, type(module).__name__, breakdown.NOTE))
         return [instance]
 
     def _rewritten(self, name: str, module: torch.nn.Module) -> list[Canonizer]:

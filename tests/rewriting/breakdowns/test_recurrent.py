@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import zennit_resnet_lrp as lrp
-from zennit_resnet_lrp.recurrent import decompose
+from zennit_resnet_lrp.rewriting.breakdowns.recurrent import decompose
 from helpers import make_inputs
 
 

@@ -9,7 +9,7 @@ from torch.nn.modules.utils import _pair
 
 from .core import RelevanceRule
 from .maps import convolution_transpose, layout, linearised, padded, same_padding
-from .rules import PositiveProportional
+from .zplus import PositiveProportional
 
 
 class PoolProportional(PositiveProportional):

@@ -8,7 +8,7 @@ import torch
 
 from .core import RelevanceRule
 from .maps import linearised
-from .rules import PositiveProportional
+from .zplus import PositiveProportional
 
 
 class _Weighted:

@@ -21,6 +21,10 @@ class TraceFailure(Exception):
     """A module whose forward ``torch.fx`` cannot trace."""
 
 
+class ResidualTracingWarning(UserWarning):
+    """A module whose forward could not be traced nor broken down: additions or gates in it are not routed."""
+
+
 class _OwnForwardTracer(torch.fx.Tracer):
     """Traces the root module's own forward only: every child is called as a leaf. An operation recorded with autograd
     off is inside a custom ``torch.autograd.Function``'s forward (or a ``no_grad`` block), which tracing would inline,
@@ -47,7 +51,7 @@ def traceable(module: torch.nn.Module, whole: tuple[type, ...] = ()) -> bool:
     of the types ``whole`` (:py:func:`whole_layers`)."""
     forward = type(module).forward
     origin = getattr(forward, "__module__", "") or ""
-    return not origin.startswith(("torch.", "zennit.", __package__ + ".layer")) and not isinstance(module, whole)
+    return not origin.startswith(("torch.", "zennit.", __package__ + ".modules")) and not isinstance(module, whole)
 
 
 def may_add_or_gate(module: torch.nn.Module) -> bool:

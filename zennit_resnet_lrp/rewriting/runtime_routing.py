@@ -34,7 +34,7 @@ from .functional_routes import ACTIVATION_FUNCTIONS, ACTIVATION_METHODS, ELEMENT
     NORM_FUNCTIONS
 from .graph_analysis import DROPOUTS, GATE_FUNCTIONS, GATE_METHODS, SHAPE_FUNCTIONS, SHAPE_METHODS, ChildNames, \
     is_gate_module
-from .layer import (
+from .modules import (
     Attention, AttentionProduct, FunctionCall, GatedProduct, MatrixProduct, Product, ResidualSum, Scale, Token,
 )
 

@@ -10,7 +10,7 @@ import torch
 import torch.fx
 import torch.nn.functional as F
 
-from .layer import InputSize
+from .modules import InputSize
 from .tracing import TraceFailure, child_of, is_identity, leaf_count, trace, traceable
 
 

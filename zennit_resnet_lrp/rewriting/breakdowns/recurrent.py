@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import torch
 
-from . import runtime_routing
-from .graph_analysis import ChildNames
+from .. import runtime_routing
+from ..graph_analysis import ChildNames
+
+# what the canonizer reports of a module broken down here
+NOTE = "a fused LSTM; decomposed and routed while it runs"
 
 
-def is_lstm(module: torch.nn.Module) -> bool:
+def matches(module: torch.nn.Module) -> bool:
     """A plain ``nn.LSTM`` (no projection of the hidden state)."""
     return type(module) is torch.nn.LSTM and not module.proj_size
 
 
-def decompose(module: torch.nn.LSTM) -> list[str]:
+def decompose(module: torch.nn.LSTM, name: str = "") -> list[str]:
     """Give ``module`` linear children sharing its parameters and a step-by-step forward routed while it runs;
     return the names added."""
     names = ChildNames(module)

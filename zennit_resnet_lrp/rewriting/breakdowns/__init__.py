@@ -1,0 +1,24 @@
+"""Fused modules written out through explicit modules, one kind per file, so that the rules see inside them:
+``nn.MultiheadAttention`` (:py:mod:`.multihead`), ``nn.LSTM`` (:py:mod:`.recurrent`), torchvision's shifted window
+attention (:py:mod:`.windows`).
+
+A breakdown is a module with three names: ``matches(module)``, whether it breaks ``module`` down;
+``decompose(module, name)``, which gives the module children and an instance forward through them and returns the
+children's names (None: left whole), all of which ``remove()`` of the canonizer takes away again; and ``NOTE``, what
+the canonizer reports of such a module in ``untraced`` (None: nothing). Adding one is adding it to
+:py:data:`BREAKDOWNS` (docs/howto-breakdown.md).
+"""
+from __future__ import annotations
+
+from types import ModuleType
+
+import torch
+
+from . import multihead, recurrent, windows
+
+BREAKDOWNS: tuple[ModuleType, ...] = (multihead, recurrent, windows)
+
+
+def breakdown_for(module: torch.nn.Module) -> ModuleType | None:
+    """The breakdown that writes ``module`` out, or None."""
+    return next((breakdown for breakdown in BREAKDOWNS if breakdown.matches(module)), None)
