@@ -12,6 +12,7 @@ import click
 import torch
 
 from zennit_resnet_lrp.application.demo import DEFAULT_DEMO, DEMO_MODELS
+from zennit_resnet_lrp.application.images import DEFAULT_MAX_PIXELS, DISPLAY_SIDE
 from zennit_resnet_lrp.application.models import RANDOM_WEIGHTS, TIMM_PREFIX, LoadedModel, ModelSpec
 from zennit_resnet_lrp.application.threads import choose_threads
 from zennit_resnet_lrp.attribution import START_WITH
@@ -20,7 +21,8 @@ from zennit_resnet_lrp.composites import DEFAULT_METHOD, PAPER_VARIANTS
 # keys a JSON run configuration may hold; "image_size" is the crop size
 CONFIG_KEYS = {"model", "weights", "num_classes", "resize", "crop", "image_size", "mean", "std", "batch_size",
                "method", "methods", "dataset", "dataset_root", "per_class", "limit", "device", "seed", "output",
-               "protocol", "heat_quantization", "hq_level", "patch_size", "step", "points", "baseline", "explain"}
+               "protocol", "heat_quantization", "hq_level", "patch_size", "step", "points", "baseline", "explain",
+               "max_pixels"}
 
 
 # configuration keys whose option has another parameter name
@@ -120,6 +122,13 @@ HEAT_QUANTIZATION_OPTION = click.option(
     "--heat-quantization/--no-heat-quantization", default=None,
     help="Quantize each map into --hq-level levels (paper section 4); evaluate: the protocol's default.")
 HQ_LEVEL_OPTION = click.option("--hq-level", type=click.IntRange(min=2), default=8, show_default=True)
+MAX_PIXELS_OPTION = click.option(
+    "--max-pixels", type=click.IntRange(min=0), default=DEFAULT_MAX_PIXELS, show_default=True,
+    callback=lambda ctx, param, value: value or None,
+    help=f"Refuse, by name, an image that decodes to more pixels (a decompression bomb); 0: no limit. The default is "
+         f"PIL's own. Photos are decoded reduced, to no less than {DISPLAY_SIDE} pixels (or twice the resize) on "
+         "their shorter side, so a JPEG counts at its reduced size (a progressive one at its full size); heatmaps at "
+         "the photo's size are drawn over that reduced photo.")
 
 
 # the options that become RunOptions (--skip-connection-prop-type merges into its method)

@@ -7,23 +7,24 @@ from typing import Callable, Sequence
 
 import torch
 
-from .images import open_image
+from .images import DEFAULT_MAX_PIXELS, open_image
 from .models import LoadedModel
 
 
 def check_inputs(loaded: LoadedModel, paths: Sequence[Path], count: int = 4, seed: int = 0,
-                 dtype: torch.dtype = torch.float32,
-                 progress: Callable[[int], None] | None = None) -> tuple[torch.Tensor, str]:
-    """The inputs for a conservation check and what they are: ``paths`` preprocessed, or (no paths) ``count`` seeded
+                 dtype: torch.dtype = torch.float32, progress: Callable[[int], None] | None = None,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[torch.Tensor, str]:
+    """The inputs for a conservation check and what they are: ``paths`` preprocessed (large photos decoded reduced,
+    as ``explain`` does; an image decoding to more than ``max_pixels`` refused), or (no paths) ``count`` seeded
     standard-normal inputs of the model's input size. The model is cast to ``dtype`` and the inputs put on its device
-    with that dtype; raises ``ImageError`` for an image that cannot be read."""
+    with that dtype; raises ``ImageError``, naming the file, for an image that cannot be read."""
     prep = loaded.preprocessing
     device = next(loaded.model.parameters()).device
     loaded.model.to(dtype)
     if paths:
         inputs = []
         for path in paths:
-            inputs.append(prep(open_image(path)))
+            inputs.append(prep(open_image(path, prep.decode_side, max_pixels)))
             if progress is not None:
                 progress(1)
         source = f"{len(paths)} image(s)"

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import glob
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as transforms
 from torchvision.transforms.functional import _compute_resized_output_size
@@ -17,6 +18,13 @@ from torchvision.transforms.functional import _compute_resized_output_size
 from ..composites import IMAGENET_MEAN, IMAGENET_STD, box_bounds
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+# the most pixels read_image decodes: PIL's own refusal threshold (twice its MAX_IMAGE_PIXELS default), so what PIL
+# reads by default is read (RGB: up to 540 MB), and a decompression bomb is refused from its header
+DEFAULT_MAX_PIXELS = 178_956_970
+
+# the shorter side a photo keeps at the least when decoded reduced: heatmaps drawn over it stay legible
+DISPLAY_SIDE = 1024
 
 
 class ImageError(ValueError):
@@ -56,6 +64,13 @@ class Preprocessing:
         std)."""
         return cls(resize=transform.resize_size[0], crop=transform.crop_size[0], mean=tuple(transform.mean),
                    std=tuple(transform.std), interpolation=transform.interpolation.value)
+
+    @property
+    def decode_side(self) -> int:
+        """The shorter side a photo is decoded down to at the least (:py:func:`read_image`'s ``min_side``): twice the
+        resize, so resizing the reduced photo gives nearly the full-size input, and no less than 1024 pixels for the
+        heatmaps drawn over it; 0 (full size) without a resize, where the crop takes the photo's own pixels."""
+        return max(DISPLAY_SIDE, 2 * self.resize) if self.resize else 0
 
     @property
     def input_size(self) -> int:
@@ -107,37 +122,92 @@ class Preprocessing:
         return self.normalize(self.pixels(image))
 
 
-def open_image(path: str | os.PathLike) -> Image.Image:
+def open_image(path: str | os.PathLike, min_side: int = 0,
+               max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
     """:py:func:`read_image` without its notes."""
-    return read_image(path)[0]
+    return read_image(path, min_side, max_pixels)[0]
 
 
 HIGH_BIT_DEPTH = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 65535}
 
 
-def read_image(path: str | os.PathLike) -> tuple[Image.Image, list[str]]:
-    """Read an image fully, as "RGB", "L" or "F" (one channel of floats), with a note for each change to its
-    content; raise :py:class:`ImageError`.
+def read_image(path: str | os.PathLike, min_side: int = 0,
+               max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[Image.Image, list[str]]:
+    """Read an image, as "RGB", "L" or "F" (one channel of floats), with a note for each change to its content;
+    raise :py:class:`ImageError`, naming the file, whatever went wrong.
 
     Grayscale images of 16 bits (and 32-bit integer ones holding 16-bit values) become "F" scaled to [0, 1] as
     8-bit ones are (``value / 65535``); palettes become RGB; CMYK is converted to RGB, the alpha channel dropped and
     only the first frame of an animation read, each with a note.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The image file.
+    min_side : int
+        Reduce the image by a whole factor while its shorter side stays at least this long (0: full size;
+        :py:attr:`Preprocessing.decode_side` for a model's input): a JPEG is decoded reduced (by 2, 4 or 8), so
+        memory follows ``min_side``, not the photo; other formats are reduced (box average) right after decoding.
+        Aspect ratio is kept to within a pixel.
+    max_pixels : int or None
+        Refuse an image that would decode to more pixels (a JPEG decoded reduced counts at its reduced size, a
+        progressive one at its full size, as its decoder holds all of it); None: no limit. It replaces PIL's
+        decompression-bomb check (``Image.MAX_IMAGE_PIXELS``), off while the image is read, with its warning.
     """
     path = Path(path)
     if not path.is_file():
         raise ImageError(f"{path}: no such image file")
-    notes = []
+    notes: list[str] = []
     try:
-        with Image.open(path) as image:
+        with _pixel_limit_off(), Image.open(path) as image:
+            (width, height), factor = image.size, _reduction(image.size, min_side)
+            if factor > 1:  # JPEG only (a no-op elsewhere): decoded scaled by 1/2, 1/4 or 1/8, not above 1/factor
+                image.draft(image.mode, (-(-width // factor), -(-height // factor)))
+            _check_pixels(path, image, (width, height), max_pixels)
             frames = getattr(image, "n_frames", 1)
             image.load()
             if frames > 1:
                 notes.append(f"the first of its {frames} frames")
             if image.mode == "F" and not np.isfinite(np.asarray(image)).all():
                 raise ImageError(f"{path}: holds NaN or infinite pixel values")
-            return _plain_mode(image, notes).copy(), notes
-    except (UnidentifiedImageError, OSError, ValueError) as error:
-        raise ImageError(f"{path}: not a readable image ({error.__class__.__name__}: {error})") from None
+            plain = _plain_mode(image, notes)
+            factor = _reduction(plain.size, min_side)
+            return (plain.reduce(factor) if factor > 1 else plain.copy()), notes
+    except ImageError:
+        raise
+    except Exception as error:  # DecompressionBombError, MemoryError, ...: this file's failure, not the caller's
+        reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+        raise ImageError(f"{path}: not a readable image ({reason})") from None
+
+
+@contextmanager
+def _pixel_limit_off() -> Iterator[None]:
+    """PIL's decompression-bomb check off (its error and its warning) and restored after: :py:func:`read_image`
+    applies its own limit, to the pixels it decodes, which PIL cannot know before ``draft``. PIL's limit is a module
+    global: images another thread opens meanwhile go unchecked."""
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
+def _reduction(size: tuple[int, int], min_side: int) -> int:
+    """The whole factor that keeps the shorter side of ``size`` at least ``min_side`` (1: none)."""
+    return max(1, min(size) // min_side) if min_side > 0 else 1
+
+
+def _check_pixels(path: Path, image: Image.Image, full_size: tuple[int, int], max_pixels: int | None) -> None:
+    """Refuse, from the header, an image that decodes to more than ``max_pixels``: ``image`` after ``draft``, of
+    ``full_size`` before."""
+    progressive = "progressive" in image.info or "progression" in image.info
+    # libjpeg holds a progressive JPEG's coefficients at full size, however reduced its output
+    width, height = full_size if progressive else image.size
+    if max_pixels is not None and width * height > max_pixels:
+        kind = ", a progressive JPEG decoded at full size" if progressive else ""
+        raise ImageError(f"{path}: {width}x{height} pixels ({width * height / 1e6:.3g} megapixels{kind}) is more "
+                         f"than the limit of {max_pixels} pixels (--max-pixels); raise it to read this image")
 
 
 def _plain_mode(image: Image.Image, notes: list[str]) -> Image.Image:
