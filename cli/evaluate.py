@@ -39,14 +39,16 @@ from .progress import Progress
 @click.option("--explain", "explain_target", type=click.Choice(["predicted", "label"]), default="predicted",
               show_default=True, help="Explain the top-1 class (the reference) or the label.")
 @click.option("--images-per-step", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--plot", is_flag=True, help="Also draw the mean curves to curves.png (needs matplotlib).")
+@click.option("--plot", is_flag=True, help="Also draw the mean curves of every method in the table to curves.png "
+                                           "(needs matplotlib).")
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path),
               default=Path("resnet-lrp-eval"), show_default=True)
 def evaluate_command(run, *, dataset, dataset_root, method_list, protocol, per_class, limit, step, points, patch_size,
                      baseline, strict, heat_quantization, hq_level, explain_target, images_per_step, plot, output):
     """Insertion / Deletion / ID of several methods; per-image scores are written as they come and a rerun with the
-    same options resumes (another configuration is refused). Under `torchrun --nproc_per_node N` the images are
-    sharded over the processes."""
+    same options resumes or adds methods (another configuration is refused; the table holds every method the folder
+    has scores of). One run per folder at a time. Under `torchrun --nproc_per_node N` the images are sharded over the
+    processes."""
     if step is not None and points is not None:
         raise click.UsageError("give --step or --points, not both")
     if dataset != "digits" and dataset_root is None:
@@ -71,6 +73,9 @@ def evaluate_command(run, *, dataset, dataset_root, method_list, protocol, per_c
     outcome = run_evaluation(request, _EvaluationProgress, announce)
     if outcome.table:
         click.echo(outcome.markdown)
+    if outcome.earlier:  # the table shows every method the folder holds; say which this run did not score
+        click.echo(f"note: the table also holds {', '.join(outcome.earlier)}: scored into {output} by an earlier run "
+                   "with the same configuration", err=True)
     # a method named that does not apply to the model is an error; with --methods all, a note
     for model_id, method, reason in outcome.inapplicable:
         click.echo(f"{'note' if methods == 'all' else 'error'}: {method} on {model_id}: {reason}", err=True)

@@ -236,3 +236,79 @@ def test_resumed_equals_uninterrupted_for_every_method(tmp_path):
     assert seeded.exit_code == 0, seeded.output
     other = {(r["image"], r["method"]): r["insertion"] for r in read_rows(tmp_path / "s1")}
     assert any(other[key] != scores["whole"][key][0] for key in other if key[1] == "random")
+
+
+def _refuse_work(monkeypatch):
+    """Reading the dataset or loading a model fails the run: what a test asserts happens before any work."""
+    from zennit_resnet_lrp.application.models import ModelSpec
+    from zennit_resnet_lrp.evaluation.datasets import DATASETS
+
+    def work(*args, **kwargs):
+        raise AssertionError("worked before refusing")
+
+    monkeypatch.setattr(ModelSpec, "load", work)
+    monkeypatch.setitem(DATASETS, "digits", work)
+
+
+def test_the_table_keeps_the_methods_an_earlier_run_scored_in_the_folder(tmp_path):
+    """A rerun with fewer methods (the same configuration) shows every method the folder holds, its own first, and
+    names the ones it did not score; results.json and results.csv hold them all."""
+    args = ["--limit", 2, "--points", 4, "-o", tmp_path]
+    assert evaluate(*args, "--methods", "random,gradient").exit_code == 0
+    again = evaluate(*args, "--methods", "gradient")
+    assert again.exit_code == 0, again.output
+    assert [row["method"] for row in _table(tmp_path)] == ["gradient", "random"]
+    assert [line.split(",")[0] for line in (tmp_path / "results.csv").read_text().splitlines()[1:]] == \
+        ["gradient", "random"]
+    assert "| gradient |" in again.output and "| random |" in again.output
+    assert f"note: the table also holds random: scored into {tmp_path} by an earlier run" in again.output
+
+
+def test_a_second_run_into_a_locked_folder_is_refused_before_reading_data_or_loading_a_model(tmp_path, monkeypatch):
+    """The folder's lock is taken first: a run into a folder another run holds is refused at once (exit 2), without
+    reading the dataset or loading a model, and leaves the holder's files as they are."""
+    from zennit_resnet_lrp.evaluation.store import locked
+
+    _refuse_work(monkeypatch)
+    with locked(tmp_path / "busy"):
+        (tmp_path / "busy" / "run.json").write_text("{}")  # the holder's record
+        refused = evaluate("--methods", "random", "-o", tmp_path / "busy")
+        assert refused.exit_code == 2, refused.output
+        assert "another evaluation is writing to" in refused.output
+        assert sorted(path.name for path in (tmp_path / "busy").iterdir()) == [".lock", "run.json"]
+
+
+@pytest.mark.parametrize("blocked", ["results.json", "results.csv", "curves.png"])
+def test_every_file_evaluate_writes_is_checked_before_any_work(tmp_path, monkeypatch, blocked):
+    _refuse_work(monkeypatch)
+    (tmp_path / "out" / blocked).mkdir(parents=True)
+    result = evaluate("--methods", "random", "--plot", "-o", tmp_path / "out")
+    assert result.exit_code == 2, result.output
+    assert f"cannot write to {tmp_path / 'out' / blocked}: it is a folder" in result.output
+
+
+def test_evaluate_plot_without_matplotlib_is_refused_before_any_work(tmp_path, monkeypatch):
+    from zennit_resnet_lrp.application import plots
+
+    def missing():
+        raise plots.PlotError("--plot needs matplotlib: pip install 'zennit-resnet-lrp[plot]'")
+
+    _refuse_work(monkeypatch)
+    monkeypatch.setattr(plots, "_pyplot", missing)
+    result = evaluate("--methods", "random", "--plot", "-o", tmp_path / "out")
+    assert result.exit_code == 1 and "error: --plot needs matplotlib" in result.output, result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_evaluate_plot_draws_each_point_at_the_fraction_it_was_taken(tmp_path, monkeypatch):
+    """28x28 digits, 5 points: a step of ceil(784 / 5) = 157 pixels, and point i keeps the 157 (i + 1) + 1 most
+    relevant pixels (the paper's threshold at sorted position 157 (i + 1)): the first point lies at 158 / 784, not 0."""
+    from zennit_resnet_lrp.application import plots
+
+    drawn = {}
+    monkeypatch.setattr(plots, "curves_plot", lambda rows, path, fractions, subject: drawn.update(
+        fractions=fractions, subject=subject, methods={row["method"] for row in rows}))
+    result = evaluate("--methods", "random,gradient", "--limit", 2, "--points", 5, "--plot", "-o", tmp_path)
+    assert result.exit_code == 0, result.output
+    assert drawn["fractions"] == pytest.approx([158 / 784, 315 / 784, 472 / 784, 629 / 784, 1.0])
+    assert drawn["methods"] == {"random", "gradient"} and drawn["subject"] == "demo-mnist on digits"

@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from zennit_resnet_lrp.evaluation.metrics import CurveSpec, auc, curve_masks, insertion_deletion, perturbation_curves
+from zennit_resnet_lrp.evaluation.metrics import (CurveSpec, auc, curve_fractions, curve_masks, insertion_deletion,
+                                                  perturbation_curves)
 
 
 class CountingModel(torch.nn.Module):
@@ -101,3 +102,17 @@ def test_insertion_deletion_id_and_batching_independent():
 def test_spec_rejects_bad_settings(bad):
     with pytest.raises(ValueError):
         CurveSpec(**bad)
+
+
+@pytest.mark.parametrize("size, spec", [((7, 7), CurveSpec(step=3)), ((7, 7), CurveSpec(step=3, strict=True)),
+                                        ((7, 5), CurveSpec(points=28)), ((6, 6), CurveSpec(points=4, patch_size=2)),
+                                        ((6, 6), CurveSpec(step=2, patch_size=3, patch_grid="reference"))])
+def test_curve_fractions_are_where_the_masks_take_each_point(size, spec):
+    """Point i is taken after i + 1 steps: its place on the x axis is the share of the image its mask shows, so the
+    first is one step in (never 0) and the last is the whole image."""
+    maps = torch.randperm(size[0] * size[1]).float().view(1, *size)  # distinct values: no ties
+    points, masks = curve_masks(maps, spec)
+    shown = [float(masks(torch.tensor([0]), torch.tensor([index]))[0].float().mean()) for index in range(points)]
+    fractions = curve_fractions(size, spec)
+    assert fractions == pytest.approx(shown)
+    assert fractions[0] > 0 and fractions[-1] == 1.0

@@ -78,6 +78,27 @@ def _nearest_rows(source: int, target: int, device) -> torch.Tensor:
         .clamp(max=source - 1)
 
 
+def _curve_geometry(size: tuple[int, int], spec: CurveSpec) -> tuple[int, int, int]:
+    """(patches, patches per step, curve points) of (H, W) maps: the points count the whole patches only under the
+    ``reference`` grid, every patch under ``cover``."""
+    height, width = size
+    count = math.ceil(height / spec.patch_size) * math.ceil(width / spec.patch_size)
+    whole = (height // spec.patch_size) * (width // spec.patch_size) if spec.patch_grid == "reference" else count
+    step = spec.step_for(whole)
+    return count, step, math.ceil(whole / step)
+
+
+def curve_fractions(size: tuple[int, int], spec: CurveSpec) -> list[float]:
+    """Where the points of :py:func:`curve_masks`' curves lie: the fraction of the patches of (H, W) maps that point
+    ``i`` shows (insertion) or removes (deletion), ties aside: point ``i`` is taken after ``i + 1`` steps, so the
+    first lies at about ``step / patches``, never at 0, and the last at 1. Paper (not strict): the ``k + 1`` patches
+    down to sorted position ``k = min(step (i + 1), count - 1)``; strict: ``min(step (i + 1), count)``."""
+    count, step, points = _curve_geometry(size, spec)
+    taken = [min(step * (index + 1), count) if spec.strict else min(step * (index + 1), count - 1) + 1
+             for index in range(points)]
+    return [patches / count for patches in taken]
+
+
 def curve_masks(maps: torch.Tensor,
                 spec: CurveSpec) -> tuple[int, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
     """Return the number of curve points ``n`` and a function giving the keep-masks (B, H, W) of the pairs
@@ -89,10 +110,7 @@ def curve_masks(maps: torch.Tensor,
     height, width = maps.shape[-2:]
     patches = patch_maps(maps, spec.patch_size, spec.patch_grid)
     flat = patches.flatten(1)
-    count = flat.shape[1]
-    whole = (height // spec.patch_size) * (width // spec.patch_size) if spec.patch_grid == "reference" else count
-    step = spec.step_for(whole)
-    points = math.ceil(whole / step)
+    count, step, points = _curve_geometry((height, width), spec)
     order = torch.sort(flat, dim=1, descending=True, stable=True).indices
     if spec.strict:
         rank = torch.empty_like(order)

@@ -1,6 +1,7 @@
-"""An evaluation run from start to end, as ``resnet-lrp evaluate`` asks for it: the images sampled, the models loaded,
-the results folder claimed for the run's configuration and locked, every (model, image, method) scored (sharded
-under torchrun, resumable), and the table of exactly this run's rows written."""
+"""An evaluation run from start to end, as ``resnet-lrp evaluate`` asks for it: every output checked, the results
+folder locked, the images sampled, the models loaded, the folder claimed for the run's configuration, every (model,
+image, method) scored (sharded under torchrun, resumable), and the table of every method the folder holds for this
+configuration written."""
 from __future__ import annotations
 
 import dataclasses
@@ -14,10 +15,10 @@ from ..application.files import check_output_folder, write_csv, write_json
 from ..application.methods import method_names
 from ..application.models import LoadedModel, ModelSpec
 from .datasets import DATASETS
-from .metrics import CurveSpec
+from .metrics import CurveSpec, curve_fractions
 from .protocol import OURS, PROTOCOLS
-from .run import DEFAULT_METHODS, EvaluationSettings, default_curve_spec, evaluate, sharded
-from .store import file_digest, read_rows, results_folder
+from .run import DEFAULT_METHODS, EvaluationSettings, Shard, default_curve_spec, evaluate, sharded
+from .store import CONFIGURATION_FILE, claim, file_digest, locked, read_rows
 from .summary import format_markdown, summarize
 
 Progress = Callable[[int], ContextManager[Callable[[int], None]]]
@@ -75,9 +76,10 @@ class EvaluationRequest:
 
 @dataclass
 class EvaluationOutcome:
-    """What a run produced: the table (each method's means and std over this run's rows; empty on a shard other
-    than the leader), the rows, the images that failed and the methods that do not apply to a model (model id,
-    method, reason)."""
+    """What a run produced: the table (each method's means and std over the folder's rows of this configuration;
+    empty on a shard other than the leader), the rows, the images that failed and the methods that do not apply to a
+    model (model id, method, reason). ``earlier`` names the table's methods this run was not asked for: scored by an
+    earlier run into the same folder (same configuration), kept in the table rather than dropped."""
 
     table: list[dict]
     rows: list[dict]
@@ -85,44 +87,72 @@ class EvaluationOutcome:
     images: int
     models: int
     inapplicable: list[tuple[str, str, str]] = field(default_factory=list)
+    earlier: list[str] = field(default_factory=list)
 
     @property
     def markdown(self) -> str:
         return format_markdown(self.table)
 
 
+# what a run writes into its folder besides the score files (and, with --plot, the curves)
+RESULT_FILES = ("results.json", "results.csv", CONFIGURATION_FILE, "scores.jsonl")
+CURVES_FILE = "curves.png"
+
+
 def run_evaluation(request: EvaluationRequest, progress: Progress | None = None,
                    announce: Callable[[str], None] | None = None) -> EvaluationOutcome:
-    """Run ``request``; raises ``MethodError``, ``DatasetError``, ``ModelError``, ``OutputError`` or
-    ``ResultsFolderError`` (each one line naming the problem) before any scoring."""
-    protocol = PROTOCOLS[request.protocol]
+    """Run ``request``; raises ``MethodError``, ``OutputError``, ``PlotError`` or ``ResultsFolderError`` (another run
+    holds the folder) before reading the dataset or loading a model, ``DatasetError``, ``ModelError`` or
+    ``ResultsFolderError`` (another configuration's folder) before any scoring; each one line naming the problem."""
     names = method_names(request.methods)
-    check_output_folder(request.output)
+    check_outputs(request)
+    with sharded(request.model.device) as shard:
+        # the folder's lock before anything else: a second run into it is refused at once, not after it has read the
+        # dataset and loaded (and hashed) every model
+        with locked(request.output) if shard.leader else nullcontext():
+            return _run(request, names, shard, progress, announce)
+
+
+def check_outputs(request: EvaluationRequest) -> None:
+    """Every file the run will write checked before any work: the folder and the files in it, and with ``plot`` that
+    matplotlib is there."""
+    check_output_folder(request.output, RESULT_FILES)
+    if request.plot:
+        from ..application.plots import check_plot_file  # matplotlib: PlotError without it
+
+        check_plot_file(request.output / CURVES_FILE)
+
+
+def _run(request: EvaluationRequest, names: list[str], shard: Shard, progress: Progress | None,
+         announce: Callable[[str], None] | None) -> EvaluationOutcome:
+    """Read the dataset, load the models, claim the (locked) folder and score this shard's images."""
+    protocol = PROTOCOLS[request.protocol]
     seed = protocol.seed if request.seed is None else request.seed
     samples, _ = DATASETS[request.dataset](request.dataset_root)
     samples = protocol.sample(samples, request.per_class, request.limit, seed)
-    with sharded(request.model.device) as shard:
-        spec = dataclasses.replace(request.model, device=shard.device, seed=seed)
-        models = _load_models(spec, request.weights)
-        settings = _settings(request, names, models[0][1], seed)
-        configuration = _configuration(request, spec, models, settings, len(samples))
-        with results_folder(request.output, configuration) if shard.leader else nullcontext():
-            shard.barrier()  # the folder is claimed before any shard writes to it
-            if announce is not None and shard.leader:
-                announce(f"{len(samples)} image(s) x {len(names)} method(s) x {len(models)} model(s)"
-                         f"{f' over {shard.world} processes' if shard.world > 1 else ''} -> {request.output}")
-            total = len(samples[shard.rank::shard.world]) * len(models)
-            with (progress(total) if progress is not None and shard.leader else nullcontext(None)) as update:
-                _, failures, inapplicable = evaluate(models, samples, settings, request.output, shard, update)
-            shard.barrier()
-            if not shard.leader:
-                return EvaluationOutcome([], [], failures, len(samples), len(models), inapplicable)
-            rows = _rows_of(request.output, [model_id for model_id, _ in models], samples, names)
-            scored = [name for name in names if any(row["method"] == name for row in rows)]
-            table = summarize(rows, scored) if rows else []
-            if rows:
-                _write_results(request, table, rows)
-    return EvaluationOutcome(table, rows, failures, len(samples), len(models), inapplicable)
+    spec = dataclasses.replace(request.model, device=shard.device, seed=seed)
+    models = _load_models(spec, request.weights)
+    settings = _settings(request, names, models[0][1], seed)
+    if shard.leader:
+        claim(request.output, _configuration(request, spec, models, settings, len(samples)))
+    shard.barrier()  # the folder is claimed before any shard writes to it
+    if announce is not None and shard.leader:
+        announce(f"{len(samples)} image(s) x {len(names)} method(s) x {len(models)} model(s)"
+                 f"{f' over {shard.world} processes' if shard.world > 1 else ''} -> {request.output}")
+    total = len(samples[shard.rank::shard.world]) * len(models)
+    with (progress(total) if progress is not None and shard.leader else nullcontext(None)) as update:
+        _, failures, inapplicable = evaluate(models, samples, settings, request.output, shard, update)
+    shard.barrier()
+    if not shard.leader:
+        return EvaluationOutcome([], [], failures, len(samples), len(models), inapplicable)
+    rows = _rows_of(request.output, [model_id for model_id, _ in models], samples)
+    # every method scored in the folder: this run's first, then those earlier runs of the configuration added
+    order = [name for name in names if any(row["method"] == name for row in rows)]
+    earlier = [name for name in dict.fromkeys(row["method"] for row in rows) if name not in names]
+    table = summarize(rows, order + earlier) if rows else []
+    if rows:
+        _write_results(request, table, rows, settings, models)
+    return EvaluationOutcome(table, rows, failures, len(samples), len(models), inapplicable, earlier)
 
 
 def _load_models(spec: ModelSpec, weights: Sequence[str | None]) -> list[tuple[str, LoadedModel]]:
@@ -177,17 +207,22 @@ def _configuration(request: EvaluationRequest, spec: ModelSpec, models, settings
     }
 
 
-def _rows_of(output: Path, model_ids: list[str], samples, names: list[str]) -> list[dict]:
-    """The rows of exactly this run: its models, images and methods (each once)."""
-    models, images, methods = set(model_ids), {str(s.path) for s in samples}, set(names)
-    return [row for row in read_rows(output)
-            if row["model"] in models and row["image"] in images and row["method"] in methods]
+def _rows_of(output: Path, model_ids: list[str], samples) -> list[dict]:
+    """The folder's rows of this run's models and images (each once), every method's: the folder holds one
+    configuration, so rows an earlier run scored with other methods are as comparable as this run's."""
+    models, images = set(model_ids), {str(s.path) for s in samples}
+    return [row for row in read_rows(output) if row["model"] in models and row["image"] in images]
 
 
-def _write_results(request: EvaluationRequest, table: list[dict], rows: list[dict]) -> None:
+def _write_results(request: EvaluationRequest, table: list[dict], rows: list[dict], settings: EvaluationSettings,
+                   models: list[tuple[str, LoadedModel]]) -> None:
     write_json(request.output / "results.json", table)
     write_csv(request.output / "results.csv", table)
     if request.plot:
-        from ..application.plots import curves_plot  # matplotlib: raises ImportError without it
+        from ..application.plots import curves_plot  # checked up front: matplotlib is there
 
-        curves_plot(rows, request.output / "curves.png")
+        size = models[0][1].preprocessing.input_size
+        subject = f"{', '.join(model_id for model_id, _ in models)} on {request.dataset}"
+        order = {entry["method"]: index for index, entry in enumerate(table)}
+        curves_plot(sorted(rows, key=lambda row: order[row["method"]]), request.output / CURVES_FILE,
+                    curve_fractions((size, size), settings.spec), subject)

@@ -73,42 +73,50 @@ def claim(folder: Path, configuration: dict) -> None:
 
 
 @contextmanager
-def results_folder(folder: Path, configuration: dict) -> Iterator[None]:
-    """``folder`` locked (:py:func:`locked`) and claimed for ``configuration`` (:py:func:`claim`) while the body runs;
-    a folder this made that ends without a score holds nothing afterwards and is removed."""
-    new = not folder.exists()
-    try:
-        with locked(folder):
-            claim(folder, configuration)
-            yield
-    finally:
-        if new and folder.is_dir() and not any(folder.glob(SCORE_FILES)):
-            for name in (CONFIGURATION_FILE, LOCK_FILE):
-                (folder / name).unlink(missing_ok=True)
-            if not any(folder.iterdir()):
-                folder.rmdir()
-
-
-@contextmanager
 def locked(folder: Path) -> Iterator[None]:
-    """Hold ``folder``'s lock while the body runs; raise :py:class:`ResultsFolderError` when another process holds
-    it. The lock is the operating system's (``flock``): it goes with the process, also when the process is killed."""
+    """Hold ``folder``'s lock while the body runs (the folder is made if missing); raise
+    :py:class:`ResultsFolderError` at once when another process holds it. The lock is the operating system's
+    (``flock``): it goes with the process, also when the process is killed. A folder this made that ends without a
+    score holds nothing afterwards and is removed; a refused run touches nothing (the files are the holder's)."""
+    new = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = _lock(folder)
+    try:
+        yield
+    finally:
+        try:
+            if new:
+                _remove_unscored(folder)
+        finally:
+            if handle is not None:
+                handle.close()
+
+
+def _lock(folder: Path):
+    """The open lock file, locked without waiting; None where there is no ``flock`` (Windows: runs not guarded)."""
     try:
         import fcntl
-    except ImportError:  # no flock (Windows): runs are not guarded
-        yield
-        return
-    folder.mkdir(parents=True, exist_ok=True)
+    except ImportError:
+        return None
     handle = open(folder / LOCK_FILE, "a+")
     try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise ResultsFolderError(f"another evaluation is writing to {folder}; wait for it to finish or use "
-                                     "another --output folder") from None
-        yield
-    finally:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
         handle.close()
+        raise ResultsFolderError(f"another evaluation is writing to {folder}; wait for it to finish or use another "
+                                 "--output folder") from None
+    return handle
+
+
+def _remove_unscored(folder: Path) -> None:
+    """Remove what a run left in a folder it made when no score came of it (its record and lock file, then the
+    folder if empty)."""
+    if not folder.is_dir() or any(folder.glob(SCORE_FILES)):
+        return
+    for name in (CONFIGURATION_FILE, LOCK_FILE):
+        (folder / name).unlink(missing_ok=True)
+    if not any(folder.iterdir()):
+        folder.rmdir()
 
 
 def read_rows(folder: Path) -> list[dict]:

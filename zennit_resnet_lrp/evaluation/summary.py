@@ -14,8 +14,9 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 def summarize(rows: Sequence[dict], methods: Sequence[str] | None = None) -> list[dict]:
     """Insertion, Deletion and ID per method as mean and std: over images for one model; over the models' means
-    when there are several (the paper's five CUB models)."""
-    methods = list(methods or dict.fromkeys(row["method"] for row in rows))
+    when there are several (the paper's five CUB models). Methods in the order ``methods`` gives, then every other
+    method the rows hold: none is left out."""
+    methods = list(dict.fromkeys([*(methods or ()), *(row["method"] for row in rows)]))
     table = []
     for method in methods:
         mine = [row for row in rows if row["method"] == method]
