@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
+import textwrap
 from pathlib import Path
 
 import click
@@ -12,7 +14,7 @@ import torch
 import zennit_resnet_lrp as lrp
 from zennit_resnet_lrp.application.check import check_inputs
 from zennit_resnet_lrp.application.demo import DEMO_MODELS, demo_images
-from zennit_resnet_lrp.application.explain import ExplainOptions, explain_images
+from zennit_resnet_lrp.application.explain import ExplainOptions, class_label, explain_images
 from zennit_resnet_lrp.application.files import OutputError, check_output_file, check_output_folder, write_json
 from zennit_resnet_lrp.application.heatmap import SIGNS
 from zennit_resnet_lrp.application.images import ImageError, find_images
@@ -23,7 +25,8 @@ from zennit_resnet_lrp.evaluation.datasets import DatasetError
 from zennit_resnet_lrp.evaluation.store import ResultsFolderError
 
 from .evaluate import evaluate_command
-from .options import HEAT_QUANTIZATION_OPTION, HQ_LEVEL_OPTION, START_WITH_OPTION, RunOptions, run_options
+from .options import (HEAT_QUANTIZATION_OPTION, HQ_LEVEL_OPTION, MAX_PIXELS_OPTION, START_WITH_OPTION, RunOptions,
+                      run_options)
 from .progress import Progress
 
 COVERAGE_NOTES = "docs/coverage.md"
@@ -83,9 +86,25 @@ def cli():
 def methods():
     """List every method: the composites (ours and zennit's; for every command) and the baselines (explain --methods
     and evaluate), one line each, with whose implementation runs."""
-    for method in METHODS.values():
-        used_by = "all commands" if method.is_composite else "explain, evaluate"
-        click.echo(f"{method.name:<38} {method.kind:<9} {method.source:<18} {used_by:<18} {method.description}")
+    rows = [(method.name, method.kind, method.source, "all" if method.is_composite else "explain, evaluate",
+             method.description) for method in METHODS.values()]
+    click.echo(_table(("method", "kind", "implementation", "commands", "description"), rows,
+                      shutil.get_terminal_size((120, 24)).columns))
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]], width: int) -> str:
+    """Columns as wide as their longest entry, the last one wrapped to what is left of ``width`` (at least 40
+    characters), a rule under the header."""
+    widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header) - 1)]
+    indent = sum(widths) + 2 * len(widths)
+    wrap = max(40, width - indent - 1)
+    lines = []
+    for row in [header, tuple("-" * len(text) for text in header), *rows]:
+        cells = "".join(f"{text:<{size}}  " for text, size in zip(row, widths))
+        description = textwrap.wrap(row[-1], wrap) or [""]
+        lines.append(cells + description[0])
+        lines += [" " * indent + more for more in description[1:]]
+    return "\n".join(lines)
 
 
 def _images(model: str, images: tuple[str, ...]) -> list[Path]:
@@ -126,10 +145,11 @@ def _explain_methods(run: RunOptions, methods: str | None) -> list[str]:
                    "input's size.")
 @click.option("--save-relevance", is_flag=True, help="Also write the raw relevance (C, H, W) as .npy.")
 @click.option("--strict", is_flag=True, help="Exit with status 1 when relevance was not conserved.")
+@MAX_PIXELS_OPTION
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), default=Path("resnet-lrp-out"),
               show_default=True)
 def explain(images, run, *, method_list, target, top_k, start_with, heat_quantization, hq_level, normalize, sign, cmap,
-            overlay, size, save_relevance, strict, output):
+            overlay, size, save_relevance, strict, max_pixels, output):
     """Write heatmaps for IMAGES (files, folders, globs); with no model and no images, the shipped digits."""
     from zennit.image import CMAPS
 
@@ -143,18 +163,16 @@ def explain(images, run, *, method_list, target, top_k, start_with, heat_quantiz
     options = ExplainOptions(methods=names, target=target, top_k=top_k, start_with=start_with,
                              batch_size=run.batch_size, cmap=cmap, overlay=overlay, save_relevance=save_relevance,
                              heat_quantization=bool(heat_quantization), hq_level=hq_level, normalize=normalize,
-                             sign=sign, photo_size=size == "photo")
+                             sign=sign, photo_size=size == "photo", max_pixels=max_pixels)
     device_name = next(loaded.model.parameters()).device
     click.echo(f"{run.model} ({loaded.weights or 'random weights'}) on {device_name}, method {', '.join(names)}: "
                f"{len(paths)} image(s) -> {output}", err=True)
 
     def report(item):
-        relevance = "" if item.relevance_sum is None else (
-            f": relevance sum {item.relevance_sum:.6g}, start {item.start:.6g}, "
-            f"conservation error {item.conservation_error:.2e}")
         method = f" [{item.method}]" if len(names) > 1 else ""
-        click.echo(f"{item.image}{method}: predicted {item.predicted_name} (p={item.probability:.4f}); "
-                   f"target {item.target_name}{relevance}")
+        click.echo(f"{item.image}{method}: predicted {class_label(item.predicted, item.predicted_name)} "
+                   f"(p={item.probability:.4f}); target {class_label(item.target, item.target_name)}"
+                   f"{_relevance_line(item)}")
         progress.update()
 
     count = len(paths) * (1 if target is not None else top_k) * len(names)
@@ -169,24 +187,61 @@ def explain(images, run, *, method_list, target, top_k, start_with, heat_quantiz
         click.echo(f"error: {len(outcome.failures)} of {len(paths)} image(s) failed", err=True)
         sys.exit(1)
     if strict and outcome.losses:
-        click.echo("error: relevance was not conserved (--strict)", err=True)
+        click.echo(f"error: relevance was not conserved (--strict: tolerance {lrp.DEFAULT_TOLERANCE:.0e})", err=True)
         sys.exit(1)
+
+
+def _relevance_line(item) -> str:
+    """The relevance of one explained image, as an equation that adds up: the input's sum, what the model's own
+    tokens absorbed, the start, and the error against the one tolerance."""
+    if item.relevance_sum is None:
+        return ""
+    kept = f"relevance sum {item.relevance_sum:.6g}"
+    if item.absorbed is not None:
+        kept += f" + tokens {item.absorbed:.6g} = {item.relevance_sum + item.absorbed:.6g}"
+    verdict = ("" if item.conservation_error <= lrp.DEFAULT_TOLERANCE
+               else f" > tolerance {lrp.DEFAULT_TOLERANCE:.0e}: not conserved")
+    return f": {kept}; start {item.start:.6g}; conservation error {item.conservation_error:.2e}{verdict}"
 
 
 def _explain_warnings(run: RunOptions, outcome, images: int) -> None:
     """What a user must know about the run: images changed on reading, images the demo model was not made for,
     relevance not conserved (one line each)."""
+    earlier = outcome.earlier
+    if earlier.removed:
+        click.echo(f"note: removed the {earlier.removed} file(s) an earlier run had written to this output folder",
+                   err=True)
+    if earlier.unknown:
+        click.echo(f"warning: {len(earlier.unknown)} heatmap file(s) in the output folder are not from this run "
+                   f"(left as they were): {', '.join(earlier.unknown[:3])}{', ...' if len(earlier.unknown) > 3 else ''}",
+                   err=True)
     for path, note in outcome.notes:
         click.echo(f"note: {path}: {note}", err=True)
     if outcome.unlike_digits:
         click.echo(f"warning: {outcome.unlike_digits} of {images} image(s) are in colour or larger than 56 pixels: "
                    f"{run.model} was trained on 28x28 digits; pass --model (e.g. resnet50 --weights IMAGENET1K_V1)",
                    err=True)
+    if outcome.uniform:
+        click.echo(f"warning: the model's output is (near) uniform on {outcome.uniform} of {images} image(s) (no class "
+                   "above 1.5 times a uniform guess): the heatmaps explain next to nothing; are its weights random?",
+                   err=True)
     for loss in outcome.losses.values():
-        where = f", changed in {', '.join(loss.kinds)}" if loss.kinds else ""
         click.echo(f"warning: {loss.method} did not conserve relevance on {loss.images} of {images} image(s) (error "
-                   f"up to {loss.error:.2g}){where}: this model has layers the method does not cover yet; see "
-                   f"{COVERAGE_NOTES}", err=True)
+                   f"up to {loss.error:.2g} > tolerance {lrp.DEFAULT_TOLERANCE:.0e}){_loss_cause(loss)}", err=True)
+
+
+def _loss_cause(loss) -> str:
+    """Why relevance was not conserved, as far as known: by design (the paper's variants), or the modules no rule
+    covers, custom autograd functions and where relevance changed (pointing to the coverage notes)."""
+    violation = loss.violation
+    if violation is None:
+        return ""
+    causes = violation.causes()
+    if violation.reasons and not violation.uncovered and not violation.functions and violation.ratio <= 1:
+        return f": {causes}; {lrp.DEFAULT_METHOD} conserves"
+    where = ", ".join(str(place) for place in violation.places[:3])
+    parts = [part for part in (causes, f"it changes in {where}" if where else "") if part]
+    return f": {'; '.join(parts)}; see {COVERAGE_NOTES}" if parts else f"; see {COVERAGE_NOTES}"
 
 
 @cli.command()
@@ -202,18 +257,23 @@ def _explain_warnings(run: RunOptions, outcome, images: int) -> None:
               help="Write the report as JSON to this file ('-' for stdout, instead of the table).")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
               help="Draw the paper's Fig. 5 to this image file (needs matplotlib).")
-def check(images, run, *, random_count, start_with, dtype, tolerance, json_path, plot):
+@MAX_PIXELS_OPTION
+def check(images, run, *, random_count, start_with, dtype, tolerance, json_path, plot, max_pixels):
     """Verify conservation block by block; exit status 1 when the error exceeds --tolerance."""
     method = get_method(run.method or lrp.DEFAULT_METHOD, composites_only=True).name
-    for path in (json_path, plot):
-        if path and path != "-":
-            check_output_file(path)
+    if json_path and json_path != "-":
+        check_output_file(json_path)
+    if plot:  # matplotlib there, a format it writes, a place it can write (its folder made): before any work
+        from zennit_resnet_lrp.application.plots import check_plot_file
+
+        check_plot_file(plot)
     run.use_threads()
     loaded = run.load()
     paths = _images(run.model, images) if images else []
     seed = 0 if run.seed is None else run.seed
     with Progress(len(paths), "reading") as progress:
-        inputs, source = check_inputs(loaded, paths, random_count, seed, getattr(torch, dtype), progress.update)
+        inputs, source = check_inputs(loaded, paths, random_count, seed, getattr(torch, dtype), progress.update,
+                                      max_pixels)
     with Progress(inputs.shape[0], "checking") as progress:
         report = lrp.check_conservation(loaded.model, inputs, method, start_with=start_with, tolerance=tolerance,
                                         batch_size=run.batch_size, progress=progress.update)
@@ -227,7 +287,7 @@ def check(images, run, *, random_count, start_with, dtype, tolerance, json_path,
     if plot:
         from zennit_resnet_lrp.application.plots import conservation_plot
 
-        conservation_plot(report, plot)
+        conservation_plot(report, plot, subject=f"{run.model}, {method}")
     if not report.passed:
         sys.exit(1)
 

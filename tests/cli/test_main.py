@@ -136,7 +136,7 @@ def test_check_table_and_exit_status(tmp_path):
 
 def test_methods_lists_ours_and_zennits():
     result = run("methods")
-    names = [line.split()[0] for line in result.output.splitlines()]
+    names = [line.split()[0] for line in result.output.splitlines()[2:] if not line.startswith(" ")]
     assert names[0] == "flows_skip_conservative"
     assert {"flows_skip", "flows_skip_simple", "latest", "simple", "epsilon_plus_flat"} <= set(names)
 
@@ -274,6 +274,17 @@ def test_output_paths_checked_before_any_work(tmp_path, args):
     assert blocker.read_text() == ""
 
 
+@pytest.mark.parametrize("args", [["explain", "-o", "/proc/x"], ["check", "--plot", "/proc/x/fig.png"],
+                                  ["evaluate", "-o", "/proc/x"]])
+def test_output_folders_that_take_no_files_are_refused_before_any_work(args):
+    """/proc allows root by its permissions and takes nothing: refused up front, not after the work."""
+    if not Path("/proc").is_dir():
+        pytest.skip("no /proc here")
+    result = run(*args)
+    assert_one_line_error(result, 2, "cannot write to /proc/x", "/proc takes no new files")
+    assert "relevance sum" not in result.output and "PASS" not in result.output
+
+
 def test_non_finite_image_refused_and_the_others_explained(tmp_path):
     folder = tmp_path / "images"
     folder.mkdir()
@@ -294,9 +305,115 @@ def test_top_k_beyond_the_classes_is_a_usage_error(tmp_path):
 
 
 def test_one_default_tolerance():
+    """check, check_conservation, attribute's warning, locate_violation and explain (--strict) share one tolerance."""
+    from zennit_resnet_lrp.application.explain import ExplainOptions
+
     check_option = next(p for p in cli.commands["check"].params if p.name == "tolerance")
-    library = inspect.signature(lrp.check_conservation).parameters["tolerance"].default
-    assert check_option.default == library == lrp.DEFAULT_TOLERANCE
+    library = [inspect.signature(function).parameters["tolerance"].default
+               for function in (lrp.check_conservation, lrp.attribute, lrp.locate_violation)]
+    assert check_option.default == ExplainOptions().tolerance == lrp.DEFAULT_TOLERANCE == 1e-5
+    assert library == [lrp.DEFAULT_TOLERANCE] * 3
+
+
+def test_strict_fails_on_a_paper_variant_and_says_it_loses_relevance_by_design(tmp_path):
+    """flows_skip loses a few percent by design: explain --strict exits 1 as check does, and the warning says why in
+    the same line; the per-image lines mark the error as above the tolerance."""
+    result = run("explain", *DIGITS[:2], "--method", "flows_skip", "--strict", "-o", tmp_path / "out")
+    assert_one_line_error(result, 1, "relevance was not conserved (--strict: tolerance 1e-05)")
+    warning = [line for line in result.output.splitlines() if line.startswith("warning: flows_skip did not conserve")]
+    assert len(warning) == 1 and "on 2 of 2 image(s)" in warning[0] and "by design: " in warning[0], result.output
+    assert "flows_skip_conservative conserves" in warning[0]
+    assert sum("> tolerance 1e-05: not conserved" in line for line in result.output.splitlines()) == 2
+    assert run("check", *DIGITS[:2], "--method", "flows_skip").exit_code == 1
+    assert run("explain", *DIGITS[:2], "--strict", "-o", tmp_path / "default").exit_code == 0
+
+
+def test_methods_grid_shows_the_sign_a_single_method_shows(tmp_path):
+    """The default --sign positive holds for every method of --methods: no heatmap has blue (negative) pixels, and
+    each method's heatmap in the comparison run is the one its single-method run writes."""
+    from zennit.image import palette
+
+    blue = {tuple(colour) for colour in palette("bwr")[:127]}
+    several = run("explain", DIGITS[0], "--methods", "flows_skip_conservative,gradient", "-o", tmp_path / "grid")
+    single = run("explain", DIGITS[0], "--method", "gradient", "-o", tmp_path / "single")
+    assert several.exit_code == 0 and single.exit_code == 0, several.output + single.output
+    for path in (tmp_path / "grid").glob("*_heatmap.png"):
+        with Image.open(path) as image:
+            assert not blue & {tuple(pixel) for pixel in np.asarray(image).reshape(-1, 3).tolist()}, path.name
+    grid, = (tmp_path / "grid").glob("*_gradient_heatmap.png")
+    alone, = (tmp_path / "single").glob("*_heatmap.png")
+    assert grid.read_bytes() == alone.read_bytes()
+
+
+def test_reused_output_folder_holds_only_this_runs_files(tmp_path):
+    """A second run into a folder removes what the first wrote (and says so); a heatmap of unknown origin is named,
+    not touched."""
+    out = tmp_path / "out"
+    assert run("explain", *DIGITS[:3], "-o", out).exit_code == 0
+    (out / "mine_heatmap.png").write_bytes(b"not ours")
+    again = run("explain", DIGITS[4], "-o", out)
+    assert again.exit_code == 0, again.output
+    assert sorted(path.name for path in out.glob("*_heatmap.png")) == sorted(
+        [f"{DIGITS[4].stem}_{json.loads((out / 'summary.json').read_text())[0]['target']}_heatmap.png",
+         "mine_heatmap.png"])
+    assert "note: removed the 6 file(s) an earlier run had written" in again.output
+    assert "warning: 1 heatmap file(s) in the output folder are not from this run" in again.output
+    assert "mine_heatmap.png" in again.output and (out / "mine_heatmap.png").read_bytes() == b"not ours"
+
+
+def test_token_models_line_adds_up_with_the_tokens_share(tmp_path):
+    result = run("explain", DIGITS[0], "--model", "demo-mnist-vit", "-o", tmp_path)
+    assert result.exit_code == 0, result.output
+    row, = json.loads((tmp_path / "summary.json").read_text())
+    line, = [line for line in result.output.splitlines() if line.startswith(str(DIGITS[0]))]
+    total = row["relevance_sum"] + row["absorbed"]
+    assert f"relevance sum {row['relevance_sum']:.6g} + tokens {row['absorbed']:.6g} = {total:.6g}; " \
+           f"start {row['start']:.6g}" in line
+    assert abs(total - row["start"]) <= 1e-5 * row["start"]
+
+
+def test_class_names_printed_beside_the_index_where_the_weights_carry_them(tmp_path):
+    """A checkpoint of a torchvision model with ImageNet's 1000 classes: the published weights' names come with the
+    index, on the line and in the summary."""
+    torch.manual_seed(0)
+    path = tmp_path / "resnet18.pt"
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    result = run("explain", ROOT / "examples" / "chelsea.png", "--model", "resnet18", "--weights", path,
+                 "--resize", 64, "--crop", 64, "-o", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    row, = json.loads((tmp_path / "out" / "summary.json").read_text())
+    names = torchvision.models.ResNet18_Weights.DEFAULT.meta["categories"]
+    assert row["predicted_name"] == names[row["predicted"]]
+    assert f"predicted {row['predicted']} {names[row['predicted']]} (p=" in result.output
+
+
+def test_uniform_output_is_warned_about(tmp_path, monkeypatch):
+    """A model that gives every class the same probability (a zero-initialised head, as torchvision's and timm's
+    vision transformers have before training): its heatmaps come with a warning."""
+    from zennit_resnet_lrp.application import models
+    from zennit_resnet_lrp.application.explain import near_uniform
+
+    assert near_uniform(torch.full((1000,), 1e-3)) and not near_uniform(torch.tensor([0.9, 0.05, 0.05]))
+
+    def untrained(spec, weights=None):
+        model = _leaky_model()
+        torch.nn.init.zeros_(model[-1].weight), torch.nn.init.zeros_(model[-1].bias)
+        return models.LoadedModel(model, "untrained", models.Preprocessing(28, 28, (0.5,), (0.5,), 1))
+
+    monkeypatch.setattr(models.ModelSpec, "load", untrained)
+    result = run("explain", *DIGITS[:2], "-o", tmp_path, "--method", "gradient")
+    assert result.exit_code == 0, result.output
+    assert "warning: the model's output is (near) uniform on 2 of 2 image(s)" in result.output
+    monkeypatch.undo()
+    assert "(near) uniform" not in run("explain", *DIGITS[:2], "-o", tmp_path / "digits").output
+
+
+def test_methods_is_a_table_with_whole_descriptions():
+    lines = run("methods").output.splitlines()
+    assert lines[0].split() == ["method", "kind", "implementation", "commands", "description"]
+    assert set(lines[1]) <= {"-", " "}
+    text = " ".join(" ".join(lines).split())
+    assert "(Achtibat et al. 2024), for comparison" in text and "neither conserves relevance exactly" in text
 
 
 def test_no_progress_lines_when_stderr_is_not_a_terminal(tmp_path):
@@ -332,7 +449,7 @@ def test_relevance_not_conserved_is_said_on_stderr_and_strict_fails(tmp_path, mo
     assert len(warning) == 1 and "on 3 of 3 image(s)" in warning[0] and "Cumulative" in warning[0], result.output
     assert "docs/coverage.md" in warning[0]
     strict = run("explain", *DIGITS[:3], "-o", tmp_path / "strict", "--strict")
-    assert_one_line_error(strict, 1, "relevance was not conserved (--strict)")
+    assert_one_line_error(strict, 1, "relevance was not conserved (--strict")
     assert len(list((tmp_path / "strict").glob("*_heatmap.png"))) == 3  # the files are written all the same
     checked = run("check", "--json", tmp_path / "report.json")
     assert checked.exit_code == 1

@@ -15,16 +15,17 @@ from PIL import Image
 from ..attribution import AttributionError, attribute, locate_violation
 from ..composites import DEFAULT_METHOD
 from ..registry import make_composite
-from ..conservation import WARNING_TOLERANCE, violations
+from ..conservation import DEFAULT_TOLERANCE, Violation, violations
 from ..results import Attribution
 from ..rewriting import TraceCache
 from .demo import DEMO_MODELS, looks_like_a_digit
+from .earlier_run import EarlierRun, clear_earlier_run
 from .files import write_atomic, write_csv, write_json
-from .heatmap import hatch, limit_of, normalize, overlay, quantize, render, to_photo
-from .images import ImageError, read_image
+from .heatmap import hatch, keep_sign, limit_of, normalize, overlay, quantize, render, to_photo
+from .images import DEFAULT_MAX_PIXELS, ImageError, read_image
 from .methods import MethodContext, get_method, method_names
 from .models import LoadedModel
-from .pictures import comparison, overview
+from .pictures import comparison, legend_for, overview
 
 OVERVIEW_LIMIT = 40  # images in overview.png and comparison.png
 
@@ -46,7 +47,8 @@ class ExplainOptions:
     normalize: bool = False
     sign: str = "positive"
     photo_size: bool = True
-    tolerance: float = WARNING_TOLERANCE
+    max_pixels: int | None = DEFAULT_MAX_PIXELS  # images decoding to more pixels fail (None: no limit)
+    tolerance: float = DEFAULT_TOLERANCE
 
 
 @dataclass
@@ -73,13 +75,18 @@ class Explained:
 
 @dataclass
 class Loss:
-    """A method that did not conserve relevance on some images: how many, by how much at most, and the types of
-    the modules where it changed."""
+    """A method that did not conserve relevance on some images: how many, by how much at most, and why and where
+    for the worst image of the first batch it happened in."""
 
     method: str
     images: int
     error: float
-    kinds: list[str] = field(default_factory=list)
+    violation: Violation | None = None
+
+    @property
+    def kinds(self) -> list[str]:
+        """The types of the modules no rule covers and of those where relevance changed."""
+        return [] if self.violation is None else self.violation.kinds
 
 
 @dataclass
@@ -92,6 +99,20 @@ class ExplainOutcome:
     notes: list[tuple[Path, str]] = field(default_factory=list)
     losses: dict[str, Loss] = field(default_factory=dict)
     unlike_digits: int = 0
+    uniform: int = 0  # explained images on which the model's output is (near) uniform: nothing to explain
+    earlier: EarlierRun = field(default_factory=EarlierRun)  # what an earlier run had left in the folder
+
+
+def class_label(index: int, name: str) -> str:
+    """A class as a user reads it: its index and, where the weights carry one, its name (``324 cabbage
+    butterfly``)."""
+    return str(index) if name == str(index) else f"{index} {name}"
+
+
+def near_uniform(probabilities: torch.Tensor) -> bool:
+    """Whether a probability vector is (near) uniform: its top class at most 1.5 times as likely as a uniform guess
+    (a model with random weights and batch norms often outputs 1/K for every class)."""
+    return bool(probabilities.max() <= 1.5 / probabilities.numel())
 
 
 @dataclass
@@ -131,10 +152,11 @@ def explain_images(
     Unknown method names raise before any work. Images that cannot be read are skipped and returned as failures;
     every finished image's files are on disk before the next batch starts, and ``summary.json`` / ``summary.csv``
     are rewritten after every batch. The folder is made when the first file is written: a run in which every
-    image fails leaves nothing behind.
+    image fails leaves nothing behind. The files an earlier run left in ``output`` are removed first
+    (``ExplainOutcome.earlier`` says how many, and names heatmap files of unknown origin).
     """
     names = method_names(list(options.methods))
-    run = _Run(loaded, options, output, ExplainOutcome())
+    run = _Run(loaded, options, output, ExplainOutcome(earlier=clear_earlier_run(output)))
     stems = dict(zip(paths, _unique_stems(paths)))
     for batch in _batches(paths, options.batch_size):
         images = _read(run, batch, stems)
@@ -163,17 +185,22 @@ def _placement(model: torch.nn.Module) -> dict:
 
 
 def _read(run: _Run, batch: Sequence[Path], stems: dict) -> list[_Image]:
+    """The batch's images read and preprocessed, large photos decoded reduced (heatmaps at the photo's size are drawn
+    over that reduced photo); an image failing, for whatever reason, is its own failure and the others go on."""
     prep, images = run.loaded.preprocessing, []
     for path in batch:
         try:
-            photo, notes = read_image(path)
+            photo, notes = read_image(path, prep.decode_side, run.options.max_pixels)
+            cropped = prep.image(photo)  # resized and cropped once
         except ImageError as error:
             run.outcome.failures.append((path, str(error)))
+            continue
+        except Exception as error:  # e.g. MemoryError preprocessing it: this image's failure, not the run's
+            run.outcome.failures.append((path, f"{path}: {type(error).__name__}: {error}"))
             continue
         run.outcome.notes += [(path, note) for note in notes]
         if run.loaded.name in DEMO_MODELS and not looks_like_a_digit(photo):
             run.outcome.unlike_digits += 1
-        cropped = prep.image(photo)  # resized and cropped once
         images.append(_Image(path, stems[path], photo, cropped, prep.normalize(prep.pixels(cropped, cropped=True))))
     return images
 
@@ -226,22 +253,23 @@ def _attribute(run: _Run, name: str, inputs: torch.Tensor, targets: torch.Tensor
             output = run.loaded.model(inputs)
     if options.heat_quantization:
         maps = quantize(maps, options.hq_level)
-    return _Done(name, k, normalize(maps, options.sign) if options.normalize else maps, targets, output, result)
+    # the same sign policy for every method, one or several, normalised or not
+    shown = normalize(maps, options.sign) if options.normalize else keep_sign(maps, options.sign)
+    return _Done(name, k, shown, targets, output, result)
 
 
 def _note_losses(run: _Run, name: str, inputs: torch.Tensor, result) -> None:
     """Count the images whose relevance is not conserved beyond the tolerance, and find where for the worst."""
     composite, tolerance = run.composites[name], run.options.tolerance
-    bad = violations(result, getattr(composite, "conservative", False), tolerance)
+    bad = violations(result, tolerance)
     if not bool(bad.any()):
         return
     loss = run.outcome.losses.setdefault(name, Loss(name, 0, 0.0))
     loss.images += int(bad.sum())
     loss.error = max(loss.error, float(result.conservation_error[bad].max()))
-    if not loss.kinds:  # where, once per run: it re-runs the worst sample watching every module
-        violation = locate_violation(run.loaded.model, inputs, result, composite, run.options.start_with,
-                                     tolerance=tolerance)
-        loss.kinds = violation.kinds if violation is not None else []
+    if loss.violation is None:  # why and where, once per run: it may re-run the worst sample watching every module
+        loss.violation = locate_violation(run.loaded.model, inputs, result, composite, run.options.start_with,
+                                          tolerance=tolerance)
 
 
 def _write_image(run: _Run, done: _Done, image: _Image, index: int) -> Explained:
@@ -249,6 +277,7 @@ def _write_image(run: _Run, done: _Done, image: _Image, index: int) -> Explained
     options, loaded, result = run.options, run.loaded, done.result
     probabilities = done.output[index].softmax(0)
     target, predicted = int(done.targets[index]), int(probabilities.argmax())
+    run.outcome.uniform += int(near_uniform(probabilities) and done.method == options.methods[0] and done.k == 0)
     several = len(options.methods) > 1
     base = f"{image.stem}_{target}_{done.method}" if several else f"{image.stem}_{target}"
     heatmap_image, covered = _heatmap_image(run, image, done.shown[index])
@@ -293,9 +322,19 @@ def _collect_tile(run: _Run, image: _Image, record: Explained, heatmap: Image.Im
     key = (str(image.path), k)
     if key not in run.tiles and len(run.tiles) >= OVERVIEW_LIMIT:
         return
-    caption = [image.path.name, f"{record.target_name} p={record.target_probability:.3f}"]
+    caption = [image.path.name, f"{class_label(record.target, record.target_name)}",
+               f"p={record.target_probability:.3f}"]
     _, _, heatmaps = run.tiles.setdefault(key, (image.photo, caption, {}))
-    heatmaps[record.method] = (heatmap, [] if record.relevance_sum is None else [f"R={record.relevance_sum:.3g}"])
+    heatmaps[record.method] = (heatmap, _relevance_caption(record))
+
+
+def _relevance_caption(record: Explained) -> list[str]:
+    """The relevance sum under a heatmap, with what the model's tokens absorbed where they did."""
+    if record.relevance_sum is None:
+        return []
+    if record.absorbed is None:
+        return [f"R={record.relevance_sum:.3g}"]
+    return [f"R={record.relevance_sum:.3g}", f"+ tokens {record.absorbed:.3g}"]
 
 
 def _write_pictures(run: _Run, names: list[str]) -> None:
@@ -304,12 +343,13 @@ def _write_pictures(run: _Run, names: list[str]) -> None:
     first = names[0]
     entries = [(photo, caption + heatmaps[first][1], heatmaps[first][0])
                for photo, caption, heatmaps in run.tiles.values() if first in heatmaps]
-    sheet = overview([(photo, heatmap, caption) for photo, caption, heatmap in entries])
+    legend = legend_for(run.options.cmap, run.options.normalize, run.options.sign)
+    sheet = overview([(photo, heatmap, caption) for photo, caption, heatmap in entries], legend=legend)
     write_atomic(run.output / "overview.png", lambda handle: sheet.save(handle, format="PNG"))
     if len(names) > 1:
-        rows = [(photo, caption, [heatmaps[name] for name in names if name in heatmaps])
+        rows = [(photo, caption, [heatmaps.get(name) for name in names])  # None: a blank cell, columns kept
                 for photo, caption, heatmaps in run.tiles.values()]
-        grid = comparison(rows, names)
+        grid = comparison(rows, names, legend=legend)
         write_atomic(run.output / "comparison.png", lambda handle: grid.save(handle, format="PNG"))
 
 

@@ -66,6 +66,19 @@ def normalize(heatmap: torch.Tensor, sign: str = "positive", outlier_percent: fl
     return result.clamp(-1, 1).reshape(heatmap.shape)
 
 
+def keep_sign(heatmap: torch.Tensor, sign: str = "positive") -> torch.Tensor:
+    """The values of ``sign`` only, unscaled (what :py:func:`normalize` keeps, for maps drawn on their own range):
+    ``positive`` sets negative values to 0, ``negative`` positive ones, ``absolute_value`` takes magnitudes,
+    ``all`` keeps everything. Display only."""
+    if sign not in SIGNS:
+        raise ValueError(f"unknown sign {sign!r}; choose one of {', '.join(SIGNS)}")
+    if sign == "positive":
+        return heatmap.clamp(min=0)
+    if sign == "negative":
+        return heatmap.clamp(max=0)
+    return heatmap.abs() if sign == "absolute_value" else heatmap
+
+
 def render(heatmap: torch.Tensor, cmap: str = "bwr", normalized: bool = False,
            limit: float | None = None) -> Image.Image:
     """One (H, W) map as an RGB image with a zennit colour map.

@@ -44,6 +44,7 @@ class LoadedModel:
     weights: str | None = None
 
     def category(self, index: int) -> str:
+        """The class's name where the weights carry names, else its index."""
         if self.categories and 0 <= index < len(self.categories):
             return self.categories[index]
         return str(index)
@@ -123,7 +124,19 @@ def _timm(name, weights, num_classes) -> LoadedModel:
             raise UnknownNameError(f"weights for {name} are a checkpoint file or {RANDOM_WEIGHTS!r}, not "
                                    f"{weights!r}: timm's pretrained weights are not downloaded here")
         load_checkpoint(model, weights, name)
-    return LoadedModel(model, name, preprocessing, None, None if _random(weights) else str(weights))
+    names = None if _random(weights) else _timm_class_names(model)
+    return LoadedModel(model, name, preprocessing, names, None if _random(weights) else str(weights))
+
+
+def _timm_class_names(model: torch.nn.Module) -> list[str] | None:
+    """The names of the classes of the ImageNet label set a timm model's head is made for (the short name before the
+    first comma), or None where it is made for another."""
+    from timm.data import ImageNetInfo, infer_imagenet_subset
+
+    subset = infer_imagenet_subset(model)
+    if subset is None:
+        return None
+    return [description.split(",")[0] for description in ImageNetInfo(subset).label_descriptions()]
 
 
 def _torchvision(name, weights, num_classes) -> LoadedModel:
@@ -132,10 +145,14 @@ def _torchvision(name, weights, num_classes) -> LoadedModel:
     enum = torchvision.models.get_model_weights(name)
     if _random(weights) or _looks_like_path(weights):
         model = torchvision.models.get_model(name, weights=None, num_classes=num_classes or 1000)
+        names = None
         if not _random(weights):
             load_checkpoint(model, weights, name)
+            # a checkpoint with as many classes as the published weights: their label set, with its names
+            published = list(enum.DEFAULT.meta["categories"]) if len(enum) else []
+            names = published if len(published) == (num_classes or 1000) else None
         preprocessing = Preprocessing.from_transforms(enum.DEFAULT.transforms()) if len(enum) else Preprocessing()
-        return LoadedModel(model, name, preprocessing, None, None if _random(weights) else str(weights))
+        return LoadedModel(model, name, preprocessing, names, None if _random(weights) else str(weights))
     choices = [member.name for member in enum] + ["DEFAULT"]
     key = str(weights).split(".")[-1]
     if key not in choices:
