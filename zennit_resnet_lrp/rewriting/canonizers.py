@@ -114,6 +114,9 @@ class ResidualCanonizer(Canonizer):
         Trace modules other than torchvision's blocks.
     direct : bool
         Use the written-out forward for torchvision's blocks (False traces them too: the same result, slower).
+    runtime_only : bool
+        Route every module's operations while it runs instead of tracing it (the run-time path alone; both paths
+        decide alike, which the tests check by comparing them).
     cache : TraceCache, optional
         Where the traces are kept (a new one by default; copies of this canonizer share it).
 
@@ -125,22 +128,20 @@ class ResidualCanonizer(Canonizer):
     """
 
     def __init__(self, merge_batchnorm: bool = False, trace: bool = True, direct: bool = True,
-                 cache: TraceCache | None = None) -> None:
-        self.merge_batchnorm, self.trace, self.direct = merge_batchnorm, trace, direct
+                 cache: TraceCache | None = None, runtime_only: bool = False) -> None:
+        self.merge_batchnorm, self.trace, self.direct, self.runtime_only = merge_batchnorm, trace, direct, runtime_only
         self.cache = cache if cache is not None else TraceCache()
         self.untraced: list[tuple[str, str, str]] = []
-        self.module = None
-        self.added: list[str] = []
 
-    def apply(self, root_module: torch.nn.Module) -> list[Canonizer]:
-        instances: list[Canonizer] = []
+    def apply(self, root_module: torch.nn.Module) -> list[ModuleRewrite]:
+        """Rewrite every module of ``root_module`` that needs it; return one undo handle per module (and the batch
+        norms' merges), which zennit's composite removes; :py:attr:`untraced` says what could not be traced."""
+        instances: list = []
         self.untraced = []
         whole = whole_layers()
         for name, module in list(root_module.named_modules()):
             if self.direct and _block_forward(module) is not None:
-                instance = self.copy()
-                instance.register(module)
-                instances.append(instance)
+                instances.append(_written_out(module))
             elif "forward" not in module.__dict__ and breakdown_for(module) is not None:
                 instances += self._broken_down(name, module, breakdown_for(module))
             elif self.trace and traceable(module, whole) and "forward" not in module.__dict__:
@@ -150,37 +151,37 @@ class ResidualCanonizer(Canonizer):
             instances += MergeBatchNorm().apply(root_module)
         return instances
 
-    def _broken_down(self, name: str, module: torch.nn.Module, breakdown) -> list[Canonizer]:
-        """A fused module written out through explicit modules by its breakdown (one instance to undo it); nothing
+    def _broken_down(self, name: str, module: torch.nn.Module, breakdown) -> list[ModuleRewrite]:
+        """A fused module written out through explicit modules by its breakdown (one handle to undo it); nothing
         where the breakdown leaves it whole."""
         added = breakdown.decompose(module, name)
         if added is None:
             return []
-        instance = self.copy()
-        instance.module, instance.added = module, added
         if breakdown.NOTE:
             self.untraced.append((name, type(module).__name__, breakdown.NOTE))
-        return [instance]
+        return [ModuleRewrite(module, added)]
 
     def _rewritten(self, name: str, module: torch.nn.Module) -> list[Canonizer]:
-        """``module`` with its additions, gates and functional operations routed (one instance to undo it): by its
+        """``module`` with its additions, gates and functional operations routed (one handle to undo it): by its
         traced forward, or, where its forward cannot be traced, while it runs (:py:mod:`.runtime_routing`); as it
         was, with a warning naming it, where neither can be installed."""
-        instance = self.copy()
-        instance.module = module
         try:
+            if self.runtime_only:
+                raise TraceFailure("not traced (runtime_only)")
             routed = self.cache.rewrite(module)
             if routed is None:
                 return []
-            instance.added = routed.install(module)
-            return [instance]
+            return [ModuleRewrite(module, routed.install(module))]
         except TraceFailure as failure:
-            if not may_add_or_gate(module):
-                return []
             reason = str(failure)
+        # reported only where its source may add, multiply or attend: elsewhere routing changes what is said of it
+        # nothing worth a line (its functional activations and pools are routed all the same)
+        matters = may_add_or_gate(module)
         try:
-            instance.added = runtime_routing.install(module)
+            added = runtime_routing.install(module)
         except Exception as error:  # noqa: BLE001 - a name the module's own __setattr__ or add_module refuses
+            if not matters:
+                return []
             self.untraced.append((name, type(module).__name__, f"{reason}; left as it is"))
             warnings.warn(
                 f"could not trace '{name}' ({type(module).__name__}: {reason}) nor route it while it runs "
@@ -188,28 +189,48 @@ class ResidualCanonizer(Canonizer):
                 "with zennit_resnet_lrp.ResidualSum().add(residual, skip)", ResidualTracingWarning, stacklevel=3,
             )
             return []
-        self.untraced.append((name, type(module).__name__, f"{reason}; routed while it runs"))
-        return [instance]
+        if matters:
+            self.untraced.append((name, type(module).__name__, f"{reason}; routed while it runs"))
+        return [ModuleRewrite(module, added)]
 
-    def register(self, module: torch.nn.Module) -> None:
-        """Give a torchvision block a :py:class:`ResidualSum` child and a forward that uses it."""
-        self.module = module
-        module.forward = _block_forward(module).__get__(module)
-        setattr(module, SUM_NAME, ResidualSum(identity_skip=module.downsample is None))
-        self.added = [SUM_NAME]
+    def register(self, *args) -> None:
+        """Nothing: zennit's canonizers register state on themselves; this one keeps none (the handles :py:meth:`apply`
+        returns hold what to undo)."""
+
+    def remove(self) -> None:
+        """Nothing to undo here: the handles :py:meth:`apply` returned undo their module each."""
+
+    def copy(self) -> "ResidualCanonizer":
+        return ResidualCanonizer(self.merge_batchnorm, self.trace, self.direct, self.cache, self.runtime_only)
+
+
+class ModuleRewrite:
+    """How to undo what a rewrite did to one module: the instance forward it gave the module and the children (and
+    tensor constants) it added, by name. A canonizer's ``apply`` returns one per module; zennit's composite calls
+    :py:meth:`remove` on each."""
+
+    __slots__ = ("module", "added")
+
+    def __init__(self, module: torch.nn.Module, added: list[str]) -> None:
+        self.module, self.added = module, list(added)
 
     def remove(self) -> None:
         """Drop the instance forward (the class's own applies again) and the added modules."""
-        if self.module is not None:
-            # tolerant: a snapshot restore may already have put the module back
-            self.module.__dict__.pop("forward", None)
-            for name in self.added:  # children and tensor constants
-                self.module._modules.pop(name, None)
-                self.module.__dict__.pop(name, None)
-            self.module = None
+        if self.module is None:
+            return
+        # tolerant: a snapshot restore may already have put the module back
+        self.module.__dict__.pop("forward", None)
+        for name in self.added:  # children and tensor constants
+            self.module._modules.pop(name, None)
+            self.module.__dict__.pop(name, None)
+        self.module = None
 
-    def copy(self) -> "ResidualCanonizer":
-        return ResidualCanonizer(self.merge_batchnorm, self.trace, self.direct, self.cache)
+
+def _written_out(module: torch.nn.Module) -> ModuleRewrite:
+    """A torchvision block with a :py:class:`ResidualSum` child and a forward that uses it, written out."""
+    module.forward = _block_forward(module).__get__(module)
+    setattr(module, SUM_NAME, ResidualSum(identity_skip=module.downsample is None))
+    return ModuleRewrite(module, [SUM_NAME])
 
 
 class MergeBatchNorm(Canonizer):

@@ -83,9 +83,9 @@ class TraceCache:
 
 def structure(module: torch.nn.Module) -> tuple | None:
     """What a module's rewrite depends on, as a hashable key; None when a plain attribute cannot be hashed."""
-    children = tuple((name, type(child), _plain(child), leaf_count(child), is_identity(child))
+    children = tuple((name, type(child), plain_attributes(child), leaf_count(child), is_identity(child))
                      for name, child in module.named_children())
-    key = (type(module), module.training, _plain(module), children, tuple(module._parameters),
+    key = (type(module), module.training, plain_attributes(module), children, tuple(module._parameters),
            tuple(module._buffers))
     try:
         hash(key)
@@ -94,7 +94,7 @@ def structure(module: torch.nn.Module) -> tuple | None:
     return key
 
 
-def _plain(module: torch.nn.Module) -> tuple:
+def plain_attributes(module: torch.nn.Module) -> tuple:
     """A module's plain attributes (tracing reads them as constants; a child's too, as in ``self.conv.stride``)."""
     return tuple(sorted((key, value) for key, value in vars(module).items()
                         if not key.startswith("_") and key != "forward"))

@@ -9,8 +9,8 @@ import operator
 import torch
 import torch.nn.functional as F
 
-from .graph_analysis import VARIABLE, Analysis, Node, Route, holds_node, size_argument
 from .modules import SLOT, Elementwise, Fold, FunctionalNorm, FunctionalPool, SumOver
+from .routes import VARIABLE, Facts, Route
 
 
 # functional activation -> the module that computes the same (built with the call's further arguments)
@@ -44,69 +44,75 @@ NORM_FUNCTIONS = {F.layer_norm, F.group_norm, F.batch_norm, F.instance_norm, F.l
                    *((F.rms_norm,) if hasattr(F, "rms_norm") else ())}
 
 
-def route_function(node: Node, analysis: Analysis) -> Route | None:
-    """A functional activation, average pool or normalisation of an input-dependent tensor: the module that computes
-    the same."""
-    if node.op not in ("call_function", "call_method") or not node.args or node.args[0] not in analysis.dependent:
+def route_function(op: str, target, args: tuple, kwargs: dict, facts: Facts) -> Route | None:
+    """A functional activation, average pool, normalisation, sum over a dimension, fold or elementwise function of an
+    input-dependent tensor: the module that computes the same."""
+    if not args or not facts.dependent(args[0]):
         return None
-    if node.op == "call_function" and node.target in ACTIVATION_FUNCTIONS:
-        activation = ACTIVATION_FUNCTIONS[node.target]
-    elif node.op == "call_method" and node.target in ACTIVATION_METHODS:
-        activation = ACTIVATION_METHODS[node.target]
-    elif node.op == "call_function" and node.target in NORM_FUNCTIONS:
-        return _route_norm(node)
-    elif node.op == "call_function" and node.target is torch.sum or node.op == "call_method" and node.target == "sum":
-        return _route_reduction(node)
-    elif node.op == "call_function" and node.target is F.fold:
-        return _route_fold(node)
-    elif node.op == "call_function" and node.target in ELEMENTWISE_FUNCTIONS \
-            or node.op == "call_method" and node.target in ELEMENTWISE_METHODS:
-        return _route_elementwise(node)
-    else:
-        return _route_pool(node)
-    args, kwargs = node.args[1:], {key: value for key, value in node.kwargs.items() if key != "inplace"}
-    if any(isinstance(value, Node) for value in (*args, *kwargs.values())):
+    try:
+        if op == "call_function" and target in ACTIVATION_FUNCTIONS:
+            return _route_activation(ACTIVATION_FUNCTIONS[target], args, kwargs, facts)
+        if op == "call_method" and target in ACTIVATION_METHODS:
+            return _route_activation(ACTIVATION_METHODS[target], args, kwargs, facts)
+        if op == "call_function" and target in NORM_FUNCTIONS:
+            return _route_norm(target, args, kwargs, facts)
+        if op == "call_function" and target is torch.sum or op == "call_method" and target == "sum":
+            return _route_reduction(args, kwargs, facts)
+        if op == "call_function" and target is F.fold:
+            return _route_fold(args, kwargs, facts)
+        if op == "call_function" and target in ELEMENTWISE_FUNCTIONS:
+            return _route_elementwise(ELEMENTWISE_FUNCTIONS[target], args, kwargs, facts)
+        if op == "call_method" and target in ELEMENTWISE_METHODS:
+            return _route_elementwise(ELEMENTWISE_METHODS[target], args, kwargs, facts)
+    except TypeError:  # an unhashable target
         return None
-    return Route(activation.__name__.lower(), lambda: activation(*args, **kwargs), (node.args[0],))
+    return _route_pool(op, target, args, kwargs, facts)
 
 
-def _route_reduction(node: Node) -> Route | None:
+def _route_activation(activation: type, args: tuple, kwargs: dict, facts: Facts) -> Route | None:
+    """An activation whose further arguments are constants: the module built with them."""
+    rest, kwargs = args[1:], {key: value for key, value in kwargs.items() if key != "inplace"}
+    if any(facts.computed(value) for value in (*rest, *kwargs.values())):
+        return None
+    return Route(activation.__name__.lower(), lambda: activation(*rest, **kwargs), (args[0],))
+
+
+def _route_reduction(args: tuple, kwargs: dict, facts: Facts) -> Route | None:
     """A sum over given dimensions (not over everything: that is a scalar, no classifier's output)."""
-    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
-    keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
-    if dim is None or holds_node(dim) or holds_node(keepdim):
+    dim = args[1] if len(args) > 1 else kwargs.get("dim")
+    keepdim = args[2] if len(args) > 2 else kwargs.get("keepdim", False)
+    if dim is None or facts.computed(dim) or facts.computed(keepdim) or set(kwargs) - {"dim", "keepdim"}:
         return None
-    return Route("sum", lambda: SumOver(dim, keepdim), (node.args[0],))
+    return Route("sum", lambda: SumOver(dim, keepdim), (args[0],))
 
 
-def _route_fold(node: Node) -> Route | None:
+def _route_fold(args: tuple, kwargs: dict, facts: Facts) -> Route | None:
     """``F.fold`` with a constant window geometry; the output size may be read off a tensor at run time."""
     try:
-        bound = inspect.signature(F.fold).bind(*node.args, **node.kwargs)
+        bound = inspect.signature(F.fold).bind(*args, **kwargs)
     except (TypeError, ValueError):
         return None
     bound.apply_defaults()
     geometry = {key: bound.arguments[key] for key in ("kernel_size", "dilation", "padding", "stride")}
-    if any(holds_node(value) for value in geometry.values()):
+    if any(facts.computed(value) for value in geometry.values()):
         return None
-    return Route("fold", lambda: Fold(**geometry), (node.args[0], bound.arguments["output_size"]))
+    return Route("fold", lambda: Fold(**geometry), (args[0], bound.arguments["output_size"]))
 
 
-def _route_elementwise(node: Node) -> Route | None:
+def _route_elementwise(function, args: tuple, kwargs: dict, facts: Facts) -> Route | None:
     """An elementwise function whose further arguments are constants (``x ** 2``, ``x.clamp(min=0)``)."""
-    function = (ELEMENTWISE_FUNCTIONS if node.op == "call_function" else ELEMENTWISE_METHODS)[node.target]
-    args, kwargs = node.args[1:], dict(node.kwargs)
-    if any(isinstance(value, Node) for value in (*args, *kwargs.values())):
+    rest, kwargs = args[1:], dict(kwargs)
+    if any(facts.computed(value) for value in (*rest, *kwargs.values())):
         return None
-    return Route("elementwise", lambda: Elementwise(function, args, kwargs), (node.args[0],))
+    return Route("elementwise", lambda: Elementwise(function, rest, kwargs), (args[0],))
 
 
-def _route_norm(node: Node) -> Route | None:
+def _route_norm(function, args: tuple, kwargs: dict, facts: Facts) -> Route | None:
     """A functional normalisation, its arguments bound to its parameters in order: those computed in the forward
     (weight, bias, statistics, a shape read off a tensor) become the module's further inputs, the constants stay in its
     template."""
     try:
-        bound = inspect.signature(node.target).bind(*node.args, **node.kwargs)
+        bound = inspect.signature(function).bind(*args, **kwargs)
     except (TypeError, ValueError):  # no signature to read, or a call it does not fit
         return None
     bound.apply_defaults()
@@ -114,24 +120,26 @@ def _route_norm(node: Node) -> Route | None:
                   if bound.signature.parameters[name].kind is not inspect.Parameter.KEYWORD_ONLY][1:]
     keywords = {name: value for name, value in bound.arguments.items()
                 if bound.signature.parameters[name].kind is inspect.Parameter.KEYWORD_ONLY}
-    if any(holds_node(value) for value in keywords.values()):
+    if any(facts.computed(value) for value in keywords.values()):
         return None
-    template = tuple(SLOT if holds_node(value) else value for value in positional)
-    tensors = tuple(value for value in positional if holds_node(value))  # computed at run time: passed in
-    function = node.target
-    return Route("norm", lambda: FunctionalNorm(function, template, keywords), (node.args[0], *tensors))
+    template = tuple(SLOT if facts.computed(value) else value for value in positional)
+    tensors = tuple(value for value in positional if facts.computed(value))  # computed at run time: passed in
+    return Route("norm", lambda: FunctionalNorm(function, template, keywords), (args[0], *tensors))
 
 
-def _route_pool(node: Node) -> Route | None:
+def _route_pool(op: str, target, args: tuple, kwargs: dict, facts: Facts) -> Route | None:
     """An average pool in functional form whose arguments are constants or sizes of its input."""
-    source, rest = node.args[0], node.args[1:]
-    function = node.target if node.op == "call_function" else _POOL_METHODS.get(node.target)
-    if function not in _POOL_FUNCTIONS:
+    source, rest = args[0], args[1:]
+    try:
+        function = target if op == "call_function" else _POOL_METHODS.get(target)
+        if function not in _POOL_FUNCTIONS:
+            return None
+    except TypeError:
         return None
-    if function is torch.mean and not rest and "dim" not in node.kwargs:
+    if function is torch.mean and not rest and "dim" not in kwargs:
         return None  # the mean over everything, batch included: not a pool
-    args = tuple(size_argument(value, source) for value in rest)
-    kwargs = {key: size_argument(value, source) for key, value in node.kwargs.items()}
-    if any(value is VARIABLE for value in (*args, *kwargs.values())):
+    pool_args = tuple(facts.size_argument(value, source) for value in rest)
+    pool_kwargs = {key: facts.size_argument(value, source) for key, value in kwargs.items()}
+    if any(value is VARIABLE for value in (*pool_args, *pool_kwargs.values())):
         return None
-    return Route("pool", lambda: FunctionalPool(function, args, kwargs), (source,))
+    return Route("pool", lambda: FunctionalPool(function, pool_args, pool_kwargs), (source,))

@@ -4,29 +4,18 @@ place of a node."""
 from __future__ import annotations
 
 import operator
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import torch
 import torch.fx
-import torch.nn.functional as F
 
 from .modules import InputSize
+from .routes import VARIABLE, Facts, Route
 from .tracing import TraceFailure, child_of, is_identity, leaf_count, trace, traceable
+from .vocabulary import GATE_MODULES, PASSIVE_CHILDREN, keeps_gate, makes_gate, reshapes_only
 
 
 Node = torch.fx.Node
-
-
-class Route(NamedTuple):
-    """How one operation is routed: through a new child named after ``base``, made by ``make``, called on
-    ``operands`` (nodes of the graph or constants); for a sum, the operands' ``signs`` and the earlier sums it
-    takes the place of (``merged``)."""
-
-    base: str
-    make: Callable[[], torch.nn.Module]
-    operands: tuple
-    signs: tuple = ()
-    merged: tuple = ()
 
 
 class Analysis:
@@ -78,6 +67,46 @@ class Analysis:
             self.dependent.add(routed)
 
 
+class TracedFacts(Facts):
+    """What a traced graph tells of an operation's arguments, for :py:func:`~.operations.classify`."""
+
+    def __init__(self, analysis: Analysis) -> None:
+        self.analysis = analysis
+
+    def dependent(self, value) -> bool:
+        return isinstance(value, Node) and value in self.analysis.dependent
+
+    def computed(self, value) -> bool:
+        return holds_node(value)
+
+    def gate(self, value) -> bool:
+        analysis = self.analysis
+        return isinstance(value, Node) and is_gate(value, analysis.module, analysis.kinds, analysis.dependent)
+
+    def attention_weights(self, value) -> bool:
+        analysis = self.analysis
+        return isinstance(value, Node) and is_attention_weights(value, analysis.module, analysis.kinds,
+                                                                analysis.dependent)
+
+    def size_argument(self, value, source):
+        return size_argument(value, source)
+
+    def sum_operands(self, value) -> tuple[tuple, tuple] | None:
+        inner = self.analysis.sums.get(value)
+        return None if inner is None or len(value.users) != 1 else (inner[1], inner[2])
+
+    def skip(self, operands: tuple) -> tuple[int, bool]:
+        """The operand reached from the branch point (the latest node all operands come from; the module's inputs
+        when they come from different ones, as a shortcut passed in as an argument) through the least computation;
+        an identity skip when it is the branch point (or an input) itself."""
+        analysis = self.analysis
+        common = frozenset.intersection(*(analysis.ancestors[o] for o in operands))
+        branch = max(common, key=analysis.order.__getitem__) if common else None
+        skip = min(range(len(operands)), key=lambda i: analysis.cost(operands[i], branch))
+        plain = analysis.plain(operands[skip])
+        return skip, (plain is branch if branch is not None else plain.op == "placeholder")
+
+
 class ChildNames:
     """Names for the children a rewrite adds, unused by anything the module has (children, parameters, buffers,
     instance and class attributes), and the factory of each."""
@@ -114,74 +143,41 @@ def insert(graph: torch.fx.Graph, node: Node, route: Route, names: ChildNames, a
         analysis.sums[routed] = (name, route.operands, route.signs)
 
 
-# binary operations by function or method -> kind
-_BINARY = {operator.add: "add", operator.iadd: "add", torch.add: "add", "add": "add", "add_": "add",
-           operator.sub: "sub", operator.isub: "sub", torch.sub: "sub", "sub": "sub", "sub_": "sub",
-           operator.mul: "mul", operator.imul: "mul", torch.mul: "mul", "mul": "mul", "mul_": "mul",
-           operator.truediv: "div", operator.itruediv: "div", torch.div: "div", "div": "div", "div_": "div"}
-
-
-def binary_operands(node: Node) -> tuple[str | None, tuple]:
-    """``(kind, (a, b))`` for an addition, subtraction, product or quotient of two operands (tensors or numbers; no
-    ``alpha``, no ``out``, no rounding mode), else ``(None, ())``."""
-    if node.op not in ("call_function", "call_method") or node.kwargs or len(node.args) != 2 \
-            or not any(isinstance(operand, Node) for operand in node.args):
-        return None, ()
-    try:
-        return _BINARY.get(node.target), node.args
-    except TypeError:  # an unhashable target
-        return None, ()
-
-
-# operations that only move or reshape values: looked through when deciding whether a factor is a gate
-SHAPE_METHODS = {"view", "reshape", "expand", "expand_as", "unsqueeze", "squeeze", "flatten", "permute",
-                  "contiguous", "transpose", "view_as", "reshape_as", "to", "type_as"}
-
-
-SHAPE_FUNCTIONS = {torch.flatten, torch.reshape, torch.unsqueeze, torch.squeeze, torch.permute, torch.transpose}
-
-
-GATE_FUNCTIONS = {torch.sigmoid, F.sigmoid, F.hardsigmoid, torch.softmax, F.softmax}
-
-
-GATE_METHODS = {"sigmoid", "sigmoid_", "softmax"}
-
-
-_GATE_MODULES = (torch.nn.Sigmoid, torch.nn.Hardsigmoid, torch.nn.Softmax)
-
-
-def is_gate(node: Node, module: torch.nn.Module, kinds: dict | None = None) -> bool:
-    """Whether ``node`` is the output of a sigmoid-like gate or a softmax (values in [0, 1] by construction), possibly
-    reshaped or dropped out: a function, a method, a gate module, a child whose own forward ends in one, or a node
-    this rewrite routed through a softmax (``kinds``)."""
-    node = _through_reshapes(node, module)
-    if node is None:
-        return False
+def is_gate(node: Node, module: torch.nn.Module, kinds: dict | None = None, dependent: set | None = None) -> bool:
+    """Whether ``node`` is a gate (:py:mod:`.vocabulary`): the output of a gate function, method or module, of a child
+    whose own forward ends in one, of a node this rewrite routed through a softmax (``kinds``), or of an operation that
+    keeps gates whose input-dependent operands (``dependent``; every node where None) are all gates."""
     if kinds and kinds.get(node) == "softmax":
         return True
-    if node.op == "call_function":
-        return node.target in GATE_FUNCTIONS
-    if node.op == "call_method":
-        return node.target in GATE_METHODS
     if node.op == "call_module":
-        try:
-            child = module.get_submodule(node.target)
-        except AttributeError:  # a child this rewrite adds (an activation, a pool): not a gate
+        child = child_of(module, node.target)
+        if child is None:  # a child this rewrite adds (an activation, a pool): not a gate
             return False
+        if type(child).__name__ in PASSIVE_CHILDREN:
+            return isinstance(node.args[0], Node) and is_gate(node.args[0], module, kinds, dependent)
         return is_gate_module(child)
-    return False
-
-
-def is_attention_weights(node: Node, module: torch.nn.Module, kinds: dict | None = None) -> bool:
-    """Whether ``node`` holds attention weights: a softmax's (or gate's) output, or such an output mixed across heads
-    by a linear child (EfficientFormer v2's "talking heads", a 1x1 convolution after the softmax)."""
-    if is_gate(node, module, kinds):
-        return True
-    node = _through_reshapes(node, module)
-    if node is None or node.op != "call_module" or not node.args or not isinstance(node.args[0], Node):
+    if node.op not in ("call_function", "call_method"):
         return False
-    child = child_of(module, node.target)
-    return isinstance(child, _MIXING_MODULES) and is_gate(node.args[0], module, kinds)
+    if makes_gate(node.op, node.target):
+        return True
+    if not keeps_gate(node.op, node.target):
+        return False
+    operands = node.args[:1] if reshapes_only(node.op, node.target) else node.args
+    operands = [arg for arg in operands if isinstance(arg, Node)
+                and (arg in dependent if dependent is not None else arg.op != "get_attr")]
+    return bool(operands) and all(is_gate(arg, module, kinds, dependent) for arg in operands)
+
+
+def is_attention_weights(node: Node, module: torch.nn.Module, kinds: dict | None = None,
+                         dependent: set | None = None) -> bool:
+    """Whether ``node`` holds attention weights: a gate's output, or one mixed across heads by a linear child
+    (EfficientFormer v2's "talking heads", a 1x1 convolution after the softmax)."""
+    if is_gate(node, module, kinds, dependent):
+        return True
+    if node.op != "call_module" or not node.args or not isinstance(node.args[0], Node):
+        return False
+    return isinstance(child_of(module, node.target), _MIXING_MODULES) and is_gate(node.args[0], module, kinds,
+                                                                                   dependent)
 
 
 _MIXING_MODULES = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d)
@@ -191,29 +187,8 @@ def is_gate_module(child: torch.nn.Module) -> bool:
     """Whether a module computes a gate: a sigmoid-like or softmax module (by type or name), or one whose own forward
     ends in one."""
     name = type(child).__name__.lower()
-    return isinstance(child, _GATE_MODULES) or any(word in name for word in ("sigmoid", "gate", "softmax")) \
+    return isinstance(child, GATE_MODULES) or any(word in name for word in ("sigmoid", "gate", "softmax")) \
         or _ends_in_gate(child)
-
-
-def _through_reshapes(node: Node, module: torch.nn.Module) -> Node | None:
-    """``node`` with reshapes and passive children (dropout, identity) looked through; None where a reshape's input is
-    not a node."""
-    while True:
-        if node.op == "call_method" and node.target in SHAPE_METHODS or \
-                node.op == "call_function" and (node.target in SHAPE_FUNCTIONS or node.target in DROPOUTS):
-            node = node.args[0]
-        elif node.op == "call_module" and type(child_of(module, node.target)).__name__ in PASSIVE_CHILDREN:
-            node = node.args[0]
-        else:
-            return node
-        if not isinstance(node, Node):
-            return None
-
-
-PASSIVE_CHILDREN = {"Dropout", "Identity", "DropPath", "Dropout1d", "Dropout2d"}
-
-
-DROPOUTS = {F.dropout, F.dropout1d, F.dropout2d, torch.dropout}
 
 
 def _ends_in_gate(child: torch.nn.Module) -> bool:
@@ -251,9 +226,6 @@ def holds_node(value) -> bool:
     if isinstance(value, dict):
         return any(holds_node(item) for item in value.values())
     return isinstance(value, Node)
-
-
-VARIABLE = object()  # an argument computed at run time from something other than the input's size
 
 
 def size_argument(value, source: Node):

@@ -342,3 +342,21 @@ class Fold(torch.nn.Module):
     def extra_repr(self) -> str:
         return (f"kernel_size={self.kernel_size}, dilation={self.dilation}, padding={self.padding}, "
                 f"stride={self.stride}")
+
+
+def linear_child(weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.nn.Linear:
+    """A linear layer that computes with tensors that exist already, nothing copied or allocated: the one way every
+    rewrite makes a linear child over a model's own tensors (a fused module's projections, an LSTM's or GRU's
+    weights, a matrix used functionally). Parameters are shared as the objects they are; other tensors (views,
+    buffers, transposes) are wrapped without a gradient."""
+    layer = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
+    layer.weight = _shared(weight)
+    if bias is not None:
+        layer.bias = _shared(bias)
+    return layer
+
+
+def _shared(tensor: torch.Tensor) -> torch.nn.Parameter:
+    if isinstance(tensor, torch.nn.Parameter):
+        return tensor
+    return torch.nn.Parameter(tensor.detach(), requires_grad=False)

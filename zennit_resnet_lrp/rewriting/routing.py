@@ -1,15 +1,7 @@
-"""Which operations of a traced forward are routed through explicit modules, and through which:
-
-- an addition or difference of tensors that both depend on the module's input (``a + b``, ``torch.add``,
-  ``a += b``): a residual sum, :py:class:`~zennit_resnet_lrp.layer.ResidualSum`. The operand reached from the branch
-  point through less computation is the skip; it is an identity skip when it is the branch point itself.
-- a product where one factor comes from a sigmoid-like gate (through reshapes): a
-  :py:class:`~zennit_resnet_lrp.layer.GatedProduct`; of two other input-dependent tensors: a ``Product``; by a
-  parameter or a number: a ``Scale``.
-- attention (matrix products with softmax weights, fused attention), tokens concatenated to the input-dependent
-  ones, and a linear child's weight used functionally.
-- activations, pools, normalisations and reductions in functional form: :py:mod:`.functional_routes`.
-"""
+"""The traced path: every operation of a traced forward that needs a module of its own is routed through the one
+:py:func:`~.operations.classify` names (what an operation is is decided there, for the run-time path too); besides,
+tokens of the model's own handed to a child, and a linear child's weight or another matrix of the model's own used
+functionally (``F.linear``, ``x @ W``), which need the graph itself rewritten."""
 from __future__ import annotations
 
 import functools
@@ -19,29 +11,25 @@ import torch
 import torch.fx
 import torch.nn.functional as F
 
-from .functional_routes import route_function
-from .graph_analysis import (
-    Analysis, ChildNames, Node, Route, binary_operands, insert, is_attention_weights, is_gate, reads_size,
-)
-from .modules import (
-    Attention, AttentionProduct, GatedProduct, MatrixProduct, Product, ResidualSum, Scale, Token, TokenConcat,
-)
+from .graph_analysis import Analysis, ChildNames, Node, TracedFacts, insert, reads_size
+from .modules import Token, linear_child
+from .operations import classify, matrix_operands
 from .tracing import child_of
 
 
 def route_operations(graph: torch.fx.Graph, module: torch.nn.Module, names: ChildNames) -> None:
     """Route every operation of ``graph`` that needs a module of its own."""
     analysis = Analysis(module, graph)
+    facts = TracedFacts(analysis)
     for node in list(graph.nodes):
-        route = _route_sum(node, analysis) or _route_product(node, analysis) or _route_attention(node, analysis) \
-            or route_function(node, analysis)
+        route = classify(node.op, node.target, node.args, dict(node.kwargs), facts)
         if route is not None:
             insert(graph, node, route, names, analysis)
         elif node.op == "call_module":
             _mark_tokens(graph, node, names, analysis)
         elif node.op == "call_function" and node.target is F.linear:
             _linear_through_child(graph, node, analysis, names)
-        elif node.op == "call_function" and node.target in (operator.matmul, torch.matmul):
+        elif matrix_operands(node.op, node.target, node.args, dict(node.kwargs)) != (None, None):
             _matrix_product_with_own_matrix(graph, node, analysis, names)
 
 
@@ -107,10 +95,7 @@ class LinearOfOwnMatrix:
 
     def __call__(self, module: torch.nn.Module) -> torch.nn.Linear:
         weight = functools.reduce(getattr, self.target.split("."), module)
-        weight = weight.t() if self.transposed else weight
-        layer = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
-        layer.weight = torch.nn.Parameter(weight, requires_grad=False)
-        return layer
+        return linear_child(weight.t() if self.transposed else weight.detach())
 
 
 def _mark_tokens(graph: torch.fx.Graph, node: Node, names: ChildNames, analysis: Analysis) -> None:
@@ -134,144 +119,3 @@ def _mark_tokens(graph: torch.fx.Graph, node: Node, names: ChildNames, analysis:
         return tokens[arg]
 
     node.args = torch.fx.node.map_arg(node.args, through_token)
-
-
-def _route_sum(node: Node, analysis: Analysis) -> Route | None:
-    """A sum or difference of input-dependent tensors, merged with the sums among its operands that feed it alone:
-    a residual sum whose skip is the operand reached from the branch point (the latest node all operands come from;
-    the module's inputs when they come from different ones, as a shortcut passed in as an argument) through the
-    least computation, an identity skip when it is the branch point (or an input) itself."""
-    kind, pair = binary_operands(node)
-    if kind not in ("add", "sub") or not all(isinstance(o, Node) and o in analysis.dependent for o in pair):
-        return None
-    operands, signs, merged = [], [], []
-    for operand, sign in zip(pair, (1, 1 if kind == "add" else -1)):
-        inner = analysis.sums.get(operand)
-        if inner is not None and len(operand.users) == 1:
-            operands += inner[1]
-            signs += [sign * s for s in inner[2]]
-            merged.append(operand)
-        else:
-            operands.append(operand)
-            signs.append(sign)
-    common = frozenset.intersection(*(analysis.ancestors[o] for o in operands))
-    branch = max(common, key=analysis.order.__getitem__) if common else None
-    skip = min(range(len(operands)), key=lambda i: analysis.cost(operands[i], branch))
-    plain = analysis.plain(operands[skip])
-    identity = plain is branch if branch is not None else plain.op == "placeholder"
-    signs = tuple(signs)
-    return Route("residual_sum", lambda: ResidualSum(identity_skip=identity, skip=skip, signs=signs),
-                 tuple(operands), signs, tuple(merged))
-
-
-def _route_product(node: Node, analysis: Analysis) -> Route | None:
-    """A product or quotient with an input-dependent tensor: times a gate (a sigmoid-like factor), features times
-    gate; times another input-dependent tensor, a product of both; times or by anything else (a parameter, a buffer,
-    a number; a quotient's input-dependent divisor is held constant, as a normalisation's), a scale."""
-    kind, operands = binary_operands(node)
-    if kind not in ("mul", "div"):
-        return None
-    first, second = operands
-    dependent = [isinstance(o, Node) and o in analysis.dependent for o in (first, second)]
-    if kind == "div":
-        return Route("scale", lambda: Scale(divide=True), (first, second)) if dependent[0] else None
-    if dependent == [True, True]:
-        gates = [is_gate(operand, analysis.module, analysis.kinds) for operand in (first, second)]
-        if gates.count(True) == 1:
-            gate, features = (first, second) if gates[0] else (second, first)
-            return Route("gated_product", GatedProduct, (features, gate))
-        return Route("product", Product, (first, second))
-    if dependent == [False, False]:
-        return None
-    scaled, factor = (first, second) if dependent[0] else (second, first)
-    return Route("scale", Scale, (scaled, factor))
-
-
-# matrix products of two tensors -> einsum equation (None: a matrix product)
-_MATRIX_FUNCTIONS = {operator.matmul: None, torch.matmul: None, torch.bmm: None}
-
-
-_MATRIX_METHODS = {"matmul": None, "bmm": None}
-
-
-_CONCATENATIONS = {torch.cat, torch.concat}
-
-
-def _route_attention(node: Node, analysis: Analysis) -> Route | None:
-    """What attention is made of: a matrix product (``@``, ``matmul``, ``bmm``, ``einsum``) of two input-dependent
-    tensors (attention weights and values when one of them is a softmax's output: given first, the equation
-    reordered), fused scaled dot-product attention (decomposed), a softmax, and a concatenation of input-dependent
-    tensors with tokens of the model's own (a class token)."""
-    if node.op not in ("call_function", "call_method"):
-        return None
-    if node.op == "call_function" and node.target is F.scaled_dot_product_attention:
-        return _route_fused_attention(node, analysis)
-    if node.op == "call_function" and node.target in _CONCATENATIONS:
-        return _route_tokens(node, analysis)
-    if node.target in ("softmax",) or node.target in (torch.softmax, F.softmax):
-        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
-        if node.args and node.args[0] in analysis.dependent and isinstance(dim, int) and len(node.args) <= 2 \
-                and set(node.kwargs) <= {"dim"}:
-            return Route("softmax", lambda: torch.nn.Softmax(dim), (node.args[0],))
-        return None
-    equation, operands = _matrix_operands(node)
-    if operands is None or not all(isinstance(o, Node) and o in analysis.dependent for o in operands):
-        return None
-    gates = [is_attention_weights(operand, analysis.module, analysis.kinds) for operand in operands]
-    if gates[0] or gates[1] and equation is not None:
-        if not gates[0]:
-            operands, equation = operands[::-1], _swapped(equation)
-        return Route("attention_product", lambda: AttentionProduct(equation), operands)
-    return Route("matrix_product", lambda: MatrixProduct(equation), operands)
-
-
-def _matrix_operands(node: Node) -> tuple[str | None, tuple | None]:
-    """``(einsum equation or None, (a, b))`` of a product of two tensors, else ``(None, None)``."""
-    if node.kwargs:
-        return None, None
-    if node.op == "call_function" and node.target is torch.einsum and len(node.args) == 3 \
-            and isinstance(node.args[0], str) and node.args[0].count(",") == 1 and "->" in node.args[0]:
-        return node.args[0].replace(" ", ""), tuple(node.args[1:])
-    table = _MATRIX_FUNCTIONS if node.op == "call_function" else _MATRIX_METHODS
-    try:
-        if node.target in table and len(node.args) == 2:
-            return None, tuple(node.args)
-    except TypeError:  # an unhashable target
-        pass
-    return None, None
-
-
-def _swapped(equation: str) -> str:
-    """An einsum equation of two operands with the operands' order reversed."""
-    inputs, output = equation.split("->")
-    first, second = inputs.split(",")
-    return f"{second},{first}->{output}"
-
-
-# F.scaled_dot_product_attention's parameters after query, key and value, with their defaults
-_ATTENTION_PARAMETERS = (("attn_mask", None), ("dropout_p", 0.0), ("is_causal", False), ("scale", None),
-                         ("enable_gqa", False))
-
-
-def _route_fused_attention(node: Node, analysis: Analysis) -> Route | None:
-    """``F.scaled_dot_product_attention(q, k, v, ...)``: through an :py:class:`Attention` that decomposes it."""
-    if len(node.args) < 3 or not all(isinstance(o, Node) for o in node.args[:3]) \
-            or set(node.kwargs) - {name for name, _ in _ATTENTION_PARAMETERS}:
-        return None
-    rest = list(node.args[3:])
-    arguments = [rest[index] if index < len(rest) else node.kwargs.get(name, default)
-                 for index, (name, default) in enumerate(_ATTENTION_PARAMETERS)]
-    return Route("attention", Attention, (*node.args[:3], *arguments))
-
-
-def _route_tokens(node: Node, analysis: Analysis) -> Route | None:
-    """``torch.cat([...], dim)`` of input-dependent tensors and tensors of the model's own (tokens)."""
-    operands = node.args[0] if node.args else node.kwargs.get("tensors")
-    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
-    if not isinstance(operands, (list, tuple)) or not all(isinstance(o, Node) for o in operands) \
-            or not isinstance(dim, int):
-        return None
-    constant = tuple(o not in analysis.dependent for o in operands)
-    if all(constant) or not any(constant):
-        return None
-    return Route("tokens", lambda: TokenConcat(dim, constant), tuple(operands))

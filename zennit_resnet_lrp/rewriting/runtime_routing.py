@@ -1,25 +1,23 @@
-"""Route the operations of a forward that ``torch.fx`` cannot trace (it branches on a tensor's value or size, assigns
-into a list of tensors, ...) while it runs, through explicit modules that rules cover.
+"""The run-time path: the operations of a forward that ``torch.fx`` cannot trace (it branches on a tensor's value or
+size, assigns into a list of tensors, ...) routed while it runs, through explicit modules that rules cover.
 
 A :py:class:`TorchFunctionMode` sees every torch function the module's own forward calls (not those inside its
-children, which are traced or routed on their own) and decides from the values at hand what tracing decides from the
-graph: which tensors depend on the module's input (its arguments, and everything computed from them here or by its
-children), which are gates (a sigmoid's or softmax's output, possibly reshaped, scaled, summed or divided). It then
-calls one of a fixed set of children made beforehand, one per kind of operation, each called as often as needed:
+children, which are traced or routed on their own), puts each into ``torch.fx``'s words
+(:py:func:`~.vocabulary.as_traced`) and asks the classifier the traced path asks (:py:func:`~.operations.classify`),
+answering its questions from the tensors at hand (:py:class:`_Router`): which depend on the module's input (its
+arguments, and everything computed from them here or by its children), which are gates, which hold attention weights,
+which are the outputs of sums routed before. The module is given one child of each kind a route can make beforehand
+(its prototype, which the composite gives its rule); a route whose module is configured otherwise (an einsum
+equation, a sum's signs, a pool's size) runs a module made for it with its prototype's rule
+(:py:func:`run_with_rule_of`). ``F.linear`` and ``x @ W`` with a linear child's weight or a matrix of the module's own
+go through a linear child, as on the traced path.
 
-- a sum or difference of input-dependent tensors: a :py:class:`ResidualSum` (an identity skip where an operand is the
-  forward's own argument); a product: :py:class:`GatedProduct`, :py:class:`Product` or :py:class:`Scale`, as tracing
-  decides; a quotient by anything: a :py:class:`Scale`;
-- a matrix product of two input-dependent tensors (:py:class:`AttentionProduct` where the first is a gate,
-  :py:class:`MatrixProduct` otherwise) and fused attention (:py:class:`Attention`);
-- a concatenation of input-dependent tensors with tensors of the model's own: the latter through a :py:class:`Token`;
-- ``F.linear`` with a linear child's own weight and bias: that child; activations, normalisations and elementwise
-  functions: a :py:class:`FunctionCall`.
-
-What tracing does and this does not: a sum of several operands is split pair by pair (the same under the ratio split;
-under ``simple`` and ``latest``, whose identity skip gets nothing, not the same as one many-way split); einsum
-equations, sums over a dimension and functional pools keep their gradient (the pools' is the uniform split, which
-conserves; a sum over a dimension does not).
+What tracing does and this does not: tokens of the model's own handed to a child as an argument are not marked; a
+sum merges the earlier sums among its operands even where they are used elsewhere too (the relevance reaching those
+other uses still goes through their own sums, so the split conserves either way); the skip of a sum is the forward's
+own argument where one is an operand, not the operand reached through the least computation (the same under every
+split but ``latest`` and ``simple``, whose identity skip gets nothing); zennit's hook path, which keeps one input set
+per module, does not run the rules of modules called more than once in a forward.
 """
 from __future__ import annotations
 
@@ -30,75 +28,94 @@ import torch.nn.functional as F
 from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 from torch.overrides import TorchFunctionMode
 
-from .functional_routes import ACTIVATION_FUNCTIONS, ACTIVATION_METHODS, ELEMENTWISE_FUNCTIONS, ELEMENTWISE_METHODS, \
-    NORM_FUNCTIONS
-from .graph_analysis import DROPOUTS, GATE_FUNCTIONS, GATE_METHODS, SHAPE_FUNCTIONS, SHAPE_METHODS, ChildNames, \
-    is_gate_module
+from .forward import plain_attributes
+from .functional_routes import ACTIVATION_FUNCTIONS
+from .graph_analysis import ChildNames, is_gate_module
 from .modules import (
-    Attention, AttentionProduct, FunctionCall, GatedProduct, MatrixProduct, Product, ResidualSum, Scale, Token,
+    Attention, AttentionProduct, Elementwise, Fold, FunctionalNorm, FunctionalPool, GatedProduct, MatrixProduct,
+    Product, ResidualSum, Scale, SumOver, Token, linear_child,
 )
+from .operations import classify, matrix_operands
+from .routes import VARIABLE, Facts, Route
+from .vocabulary import IN_PLACE, PASSIVE_CHILDREN, as_traced, keeps_gate, makes_gate, reshapes_only
 
 Tensor = torch.Tensor
 
-# the children a routed module gets: kind -> factory
-KINDS: dict[str, Callable[[], torch.nn.Module]] = {
-    "sum": lambda: ResidualSum(identity_skip=False), "identity_sum": lambda: ResidualSum(identity_skip=True),
-    "difference": lambda: ResidualSum(identity_skip=False, skip=0, signs=(1, -1)),
-    "gated_product": GatedProduct, "product": Product, "scale": Scale, "divide": lambda: Scale(divide=True),
-    "attention_product": AttentionProduct, "matrix_product": MatrixProduct, "attention": Attention,
-    "token": Token, "function": FunctionCall,
+# one prototype of each kind of module a route makes (kind -> how to make one): the composite gives each its rule
+PROTOTYPES: dict[type, Callable[[], torch.nn.Module]] = {
+    **{kind: kind for kind in (ResidualSum, GatedProduct, Product, Scale, AttentionProduct, MatrixProduct, Attention,
+                               Token, torch.nn.Softmax, *ACTIVATION_FUNCTIONS.values())},
+    SumOver: lambda: SumOver(-1), Elementwise: lambda: Elementwise(torch.abs),
+    FunctionalNorm: lambda: FunctionalNorm(F.layer_norm, (), {}), FunctionalPool: lambda: FunctionalPool(torch.mean),
+    Fold: lambda: Fold(1),
 }
-_ADD = {torch.add, Tensor.add, Tensor.__add__, Tensor.__iadd__}
-_SUB = {torch.sub, Tensor.sub, Tensor.__sub__, Tensor.__isub__}
-_MUL = {torch.mul, Tensor.mul, Tensor.__mul__, Tensor.__rmul__, Tensor.__imul__}
-_DIV = {torch.div, Tensor.div, Tensor.__truediv__, Tensor.__itruediv__}
-_MATMUL = {torch.matmul, Tensor.matmul, Tensor.__matmul__, torch.bmm, Tensor.bmm}
-_CAT = {torch.cat, torch.concat}
-# in place (``x += y`` arrives as ``x.add_(y)``) -> the same out of place
-_IN_PLACE = {Tensor.add_: Tensor.add, Tensor.sub_: Tensor.sub, Tensor.mul_: Tensor.mul, Tensor.div_: Tensor.div}
-# kinds whose rules read their inputs back in the backward pass
-_READ_BACK = {"sum", "identity_sum", "difference", "gated_product", "product", "attention_product", "matrix_product",
-              "attention"}
-_METHODS = {name: getattr(Tensor, name) for name in {*ACTIVATION_METHODS, *ELEMENTWISE_METHODS}
-            if hasattr(Tensor, name)}
-_FUNCTIONS = {*ACTIVATION_FUNCTIONS, *ELEMENTWISE_FUNCTIONS, *NORM_FUNCTIONS, *_METHODS.values(), Tensor.__pow__}
-_GATES = {*GATE_FUNCTIONS, *(getattr(Tensor, name) for name in GATE_METHODS)}
-# functions whose output is a gate when their input is one: reshapes, dropout, scaling, sums of gates
-_KEEP_GATE = {*SHAPE_FUNCTIONS, *(getattr(Tensor, name) for name in SHAPE_METHODS), *DROPOUTS, Tensor.__getitem__,
-              Tensor.float, Tensor.double, *_MUL, *_DIV, *_ADD}
+# routes whose rules read their operands back in the backward pass: code that cannot be traced often writes into
+# its tensors later (``attn[..., 1:] = ...``), which would change what the rule reads
+_READ_BACK = {"residual_sum", "gated_product", "product", "attention_product", "matrix_product", "attention"}
+_MIXING_MODULES = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d)
 
 
 def install(module: torch.nn.Module, names: ChildNames | None = None, forward: Callable | None = None) -> list[str]:
-    """Give ``module`` the routing children and a forward that routes its own operations while it runs; return the
-    names added (to remove later). ``forward(module, *args, **kwargs)``: what runs instead of the class's forward
-    (a decomposition of a fused one: :py:mod:`~zennit_resnet_lrp.recurrent`)."""
+    """Give ``module`` the prototypes and the linear children over its own matrices, and a forward that routes its
+    own operations while it runs; return the names added (to remove later). ``forward(module, *args, **kwargs)``:
+    what runs instead of the class's forward (a breakdown of a fused one: :py:mod:`.breakdowns`)."""
     names = names or ChildNames(module)
-    children = {kind: names.new(f"runtime_{kind}", make) for kind, make in KINDS.items()}
+    children = {kind: names.new(f"runtime_{kind.__name__.lower()}", make) for kind, make in PROTOTYPES.items()}
+    own = {}  # id of a matrix of the module's own -> (plain, transposed) children's names
+    for attribute, tensor in [*module._parameters.items(), *module._buffers.items()]:
+        if tensor is not None and tensor.ndim == 2:
+            own[id(tensor)] = (names.new(f"runtime_linear_{attribute}", lambda: None),
+                               names.new(f"runtime_linear_{attribute}_t", lambda: None))
+    added = []
     try:
         for kind, name in children.items():
-            module.add_module(name, KINDS[kind]())
+            module.add_module(name, PROTOTYPES[kind]())
+            added.append(name)
+        for attribute, tensor in [*module._parameters.items(), *module._buffers.items()]:
+            if id(tensor) in own:
+                for name, matrix in zip(own[id(tensor)], (tensor, tensor.t())):
+                    module.add_module(name, linear_child(matrix.detach()))
+                    added.append(name)
     except Exception:  # a name the module's own __setattr__ or add_module refuses: nothing left behind
-        for name in children.values():
+        for name in added:
             module._modules.pop(name, None)
         raise
-    module.__dict__["forward"] = RoutedForward(module, children, forward or type(module).forward)
-    return list(children.values())
+    module.__dict__["forward"] = RoutedForward(module, children, own, forward or type(module).forward)
+    return added
+
+
+def run_with_rule_of(prototype: torch.nn.Module, module: torch.nn.Module, *operands):
+    """``module(*operands)`` with the rule registered on ``prototype``, a module of the same kind: the fast path's
+    override runs it so (:py:meth:`~zennit_resnet_lrp.rules.core.ForwardOverride.run_as`); without one (no rule, or
+    zennit's hooks) the module runs as it is."""
+    run_as = getattr(prototype.__dict__.get("forward"), "run_as", None)
+    return run_as(module, *operands) if run_as is not None else module(*operands)
 
 
 class RoutedForward:
-    """The module's own forward, run under a :py:class:`_Router`; the instance is the module's forward. It remembers
-    which of the modules the forward calls are gates (deciding that may trace them)."""
+    """The module's own forward, run under a :py:class:`_Router`; the instance is the module's forward. It knows the
+    module's prototypes by kind, its linear children by their weight, and remembers which of the modules the
+    forward calls are gates (deciding that may trace them)."""
 
-    __slots__ = ("module", "children", "gate_modules", "function")
+    __slots__ = ("module", "children", "own", "gate_modules", "function", "linears")
 
-    def __init__(self, module: torch.nn.Module, children: dict[str, str], function: Callable) -> None:
-        self.module, self.children, self.function = module, children, function
+    def __init__(self, module: torch.nn.Module, children: dict[type, str], own: dict[int, tuple[str, str]],
+                 function: Callable) -> None:
+        self.module, self.children, self.own, self.function = module, children, own, function
         self.gate_modules: dict[int, bool] = {}
+        self.linears: dict[int, str] | None = None  # id of a linear child's weight -> its name, made at first use
 
     def is_gate(self, module: torch.nn.Module) -> bool:
         if id(module) not in self.gate_modules:
             self.gate_modules[id(module)] = is_gate_module(module)
         return self.gate_modules[id(module)]
+
+    def linear_child(self, weight: Tensor) -> str | None:
+        """The name of the module's linear child (at any depth) whose weight ``weight`` is."""
+        if self.linears is None:
+            self.linears = {id(child.weight): name for name, child in self.module.named_modules()
+                            if isinstance(child, torch.nn.Linear) and not name.startswith("runtime_linear_")}
+        return self.linears.get(id(weight))
 
     def __call__(self, *args, **kwargs):
         router = _Router(self, (*args, *kwargs.values()))
@@ -125,24 +142,71 @@ def _tensors(value) -> list[Tensor]:
     return []
 
 
-class _Router(TorchFunctionMode):
-    """Routes the operations of one call of the module's own forward (depth 0: not inside a child)."""
+class _Router(TorchFunctionMode, Facts):
+    """Routes the operations of one call of the module's own forward (depth 0: not inside a child), answering the
+    classifier's questions from what it has seen in this call. Tensors are held by id (and kept, so that ids stay
+    unique for the call)."""
 
     def __init__(self, forward: RoutedForward, inputs: tuple) -> None:
         super().__init__()
-        self.forward, self.module, self.children, self.depth = forward, forward.module, forward.children, 0
+        self.forward, self.module, self.depth = forward, forward.module, 0
         self.inputs = {id(t) for t in _tensors(inputs)}
-        # id -> tensor (held, so that ids stay unique for the call)
-        self.dependent: dict[int, Tensor] = {id(t): t for t in _tensors(inputs)}
+        self.dependent_tensors: dict[int, Tensor] = {id(t): t for t in _tensors(inputs)}
         self.gates: dict[int, Tensor] = {}
+        self.weights: dict[int, Tensor] = {}  # attention weights mixed across heads by a linear child
+        self.sums: dict[int, tuple[tuple, tuple]] = {}  # output of a routed sum -> (operands, signs)
+        self.uses: dict[int, int] = {}  # output of a routed sum -> how often it was an argument so far
+        self.running = False  # while a routing child runs: its output is marked by the operation it stands for
+
+    # -- the classifier's questions --
+
+    def dependent(self, value) -> bool:
+        return isinstance(value, Tensor) and id(value) in self.dependent_tensors
+
+    def computed(self, value) -> bool:
+        return bool(_tensors(value))
+
+    def gate(self, value) -> bool:
+        return isinstance(value, Tensor) and id(value) in self.gates
+
+    def attention_weights(self, value) -> bool:
+        return isinstance(value, Tensor) and (id(value) in self.gates or id(value) in self.weights)
+
+    def size_argument(self, value, source):
+        return VARIABLE if self.computed(value) else value
+
+    def sum_operands(self, value) -> tuple[tuple, tuple] | None:
+        """As the traced path merges a sum that feeds only the sum using it: here, that nothing else has used so
+        far (a use later in the forward is not known yet; relevance reaching it still goes through its own sum)."""
+        if not isinstance(value, Tensor) or self.uses.get(id(value), 0) > 1:
+            return None
+        return self.sums.get(id(value))
+
+    def skip(self, operands: tuple) -> tuple[int, bool]:
+        own = [index for index, operand in enumerate(operands) if id(operand) in self.inputs]
+        return (own[0], True) if own else (len(operands) - 1, False)
+
+    # -- what the forward calls --
 
     def enter(self, module, args) -> None:
+        if not self.depth:
+            self._count_uses(args)
         self.depth += 1
+
+    def _count_uses(self, value) -> None:
+        for tensor in _tensors(value):
+            if id(tensor) in self.sums:
+                self.uses[id(tensor)] = self.uses.get(id(tensor), 0) + 1
 
     def leave(self, module, args, kwargs, output) -> None:
         self.depth -= 1
-        if self.depth == 0 and self._any_dependent((args, kwargs)):
-            self._mark(output, gate=self.forward.is_gate(module))
+        if self.depth or self.running or not _tensors(output) or not any(self.dependent(t) for t in _tensors((args, kwargs))):
+            return
+        given = [t for t in _tensors((args, kwargs)) if self.dependent(t)]
+        passive = type(module).__name__ in PASSIVE_CHILDREN and all(self.gate(t) for t in given)
+        gate = passive or self.forward.is_gate(module)
+        mixed = isinstance(module, _MIXING_MODULES) and all(self.gate(t) for t in given)
+        self._mark(output, gate=gate, weights=mixed)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -150,118 +214,131 @@ class _Router(TorchFunctionMode):
         # backward carries relevance through it, as its author wrote it (named in the attribution's warnings)
         if self.depth or not torch.is_grad_enabled():
             return func(*args, **kwargs)
-        routed = self._route(func, args, kwargs)
-        result = func(*args, **kwargs) if routed is None else routed
-        if self._any_dependent((args, kwargs)):
-            self._mark(result, gate=func in _GATES or func in _KEEP_GATE and self._gate_operands(func, args))
+        op, target, traced_args = as_traced(func, tuple(args))
+        self._count_uses((args, kwargs))
+        result = self._route(op, target, traced_args, kwargs)
+        if result is None:
+            result = func(*args, **kwargs)
+        if any(self.dependent(t) for t in _tensors((args, kwargs))):
+            self._mark(result, gate=self._keeps_gate(op, target, traced_args))
         return result
 
-    def _any_dependent(self, value) -> bool:
-        return any(id(t) in self.dependent for t in _tensors(value))
+    def _keeps_gate(self, op: str, target, args: tuple) -> bool:
+        if makes_gate(op, target):
+            return True
+        if not keeps_gate(op, target):
+            return False
+        operands = [t for t in _tensors(args[:1] if reshapes_only(op, target) else args) if self.dependent(t)]
+        return bool(operands) and all(self.gate(t) for t in operands)
 
-    def _mark(self, value, gate: bool) -> None:
+    def _mark(self, value, gate: bool, weights: bool = False) -> None:
         for tensor in _tensors(value):
-            self.dependent[id(tensor)] = tensor
+            self.dependent_tensors[id(tensor)] = tensor
             if gate:
                 self.gates[id(tensor)] = tensor
+            if weights:
+                self.weights[id(tensor)] = tensor
 
-    def _is(self, value) -> bool:
-        return isinstance(value, Tensor) and id(value) in self.dependent
+    # -- routing --
 
-    def _gate_operands(self, func, args) -> bool:
-        """Whether an operation that keeps gates has gates for all its input-dependent operands."""
-        operands = [t for t in _tensors(args) if id(t) in self.dependent]
-        return bool(operands) and all(id(t) in self.gates for t in operands)
-
-    def _call(self, kind: str, *operands, **kwargs):
-        """The routing child of ``kind`` on ``operands``, copied first for the kinds whose rules read them back: code
-        that cannot be traced often writes into its tensors later (``attn[..., 1:] = ...``), which would change what
-        the rule reads."""
-        if kind in _READ_BACK:
-            operands = tuple(o.clone() if isinstance(o, Tensor) else o for o in operands)
-        return self.module.get_submodule(self.children[kind])(*operands, **kwargs)
-
-    def _route(self, func, args, kwargs):
+    def _route(self, op: str, target, args: tuple, kwargs: dict):
         """The operation's result through a routing child, or None where it keeps its own gradient."""
-        if func in _ADD or func in _SUB or func in _MUL or func in _DIV:
-            return None if kwargs or len(args) != 2 else self._binary(func, *args)
-        if func in _IN_PLACE and not kwargs and len(args) == 2 and self._is(args[0]):
-            return self._in_place(_IN_PLACE[func], *args)
-        if func in _MATMUL and len(args) == 2 and not kwargs and self._is(args[0]) and self._is(args[1]):
-            if id(args[0]) in self.gates:
-                return self._call("attention_product", *args)
-            return self._call("matrix_product", *args)
-        if func is F.scaled_dot_product_attention and len(args) >= 3 and all(self._is(a) for a in args[:3]):
-            return self._call("attention", *args, **kwargs)
-        if func in _CAT:
-            return self._tokens(func, args, kwargs)
-        if func is F.linear:
+        if _in_place(target) and args and self.dependent(args[0]):
+            return self._in_place(op, target, args, kwargs)
+        route = classify(op, target, args, kwargs, self)
+        if route is not None:
+            return self._run(route)
+        if op == "call_function" and target is F.linear:
             return self._linear(*args, **kwargs)
-        if func in _FUNCTIONS and args and self._is(args[0]) and not self._any_dependent((args[1:], kwargs)):
-            keywords = {key: value for key, value in kwargs.items() if key != "inplace"}
-            function = func if func not in (F.relu_, torch.relu_) else F.relu
-            return self._call("function", args[0], function=function, arguments=tuple(args[1:]), keywords=keywords)
+        equation, operands = matrix_operands(op, target, args, kwargs)
+        if operands is not None and equation is None:
+            return self._own_matrix_product(*operands)
         return None
 
-    def _binary(self, func, first, second):
-        dependent = self._is(first), self._is(second)
-        if func in _ADD or func in _SUB:
-            if not all(dependent):
-                return None
-            if func in _SUB:
-                return self._call("difference", first, second)
-            if id(first) in self.inputs:  # the forward's own argument: an identity skip, given last
-                return self._call("identity_sum", second, first)
-            return self._call("identity_sum" if id(second) in self.inputs else "sum", first, second)
-        if func in _DIV:
-            return self._call("divide", first, second) if dependent[0] else None
-        if all(dependent):
-            gates = id(first) in self.gates, id(second) in self.gates
-            if gates[0] != gates[1]:
-                features, gate = (second, first) if gates[0] else (first, second)
-                return self._call("gated_product", features, gate)
-            return self._call("product", first, second)
-        if not any(dependent):
-            return None
-        scaled, factor = (first, second) if dependent[0] else (second, first)
-        return self._call("scale", scaled, factor)
+    def _run(self, route: Route):
+        """A route's module called on its operands: the prototype where it is configured as the prototype is, else
+        a module made for the route with the prototype's rule."""
+        operands = route.operands
+        if route.base in _READ_BACK:
+            operands = tuple(o.clone() if isinstance(o, Tensor) else o for o in operands)
+        if route.base == "tokens":
+            return self._tokens(route)
+        made = route.make()
+        prototype = self.module.get_submodule(self.forward.children[type(made)])
+        made.train(prototype.training)
+        self.running = True
+        try:
+            if _configured_alike(made, prototype):
+                result = prototype(*operands)
+            else:
+                result = run_with_rule_of(prototype, made, *operands)
+        finally:
+            self.running = False
+        if route.base == "residual_sum":
+            self.sums[id(result)] = (route.operands, route.signs or (1,) * len(route.operands))
+        return result
 
-    def _in_place(self, func, target: Tensor, other):
-        """``target += other`` (and the like) routed: the routed result of a copy of ``target`` written into it, so
+    def _in_place(self, op: str, target, args: tuple, kwargs: dict):
+        """``target += other`` (and the like) routed: the routed result on a copy of ``target`` written into it, so
         that every reference to ``target`` sees the result and its gradient runs through the routing child."""
-        copy = target.clone()
-        self.dependent[id(copy)] = copy
-        if id(target) in self.gates:
-            self.gates[id(copy)] = copy
-        if id(target) in self.inputs:
+        tensor = args[0]
+        copy = tensor.clone()
+        self._mark(copy, gate=self.gate(tensor))
+        if id(tensor) in self.inputs:
             self.inputs.add(id(copy))
-        routed = self._binary(func, copy, other)
-        if routed is None:
+        if id(tensor) in self.sums:  # a sum added to in place merges as the sum it is
+            self.sums[id(copy)] = self.sums[id(tensor)]
+        route = classify(op, target, (copy, *args[1:]), kwargs, self)
+        if route is None:
             return None
-        return target.copy_(routed)
+        routed = self._run(route)
+        if id(routed) in self.sums:
+            self.sums[id(tensor)] = self.sums[id(routed)]
+        return tensor.copy_(routed)
 
-    def _tokens(self, func, args, kwargs):
-        """A concatenation of input-dependent tensors with the model's own: the latter through a ``Token``."""
-        operands = args[0] if args else kwargs.get("tensors")
-        if not isinstance(operands, (list, tuple)) or not all(isinstance(o, Tensor) for o in operands):
-            return None
-        own = [not self._is(o) for o in operands]
-        if all(own) or not any(own):
-            return None
-        marked = [self._call("token", o) if is_own else o for o, is_own in zip(operands, own)]
-        rest = {key: value for key, value in kwargs.items() if key != "tensors"}
-        return func(marked, *args[1:], **rest)
+    def _tokens(self, route: Route):
+        """A concatenation of input-dependent tensors with the model's own: the latter through a ``Token``, which
+        reports the relevance they take."""
+        made = route.make()
+        token = self.module.get_submodule(self.forward.children[Token])
+        marked = [token(o) if constant else o for o, constant in zip(route.operands, made.constant)]
+        return torch.cat(marked, made.dim)
 
     def _linear(self, input, weight, bias=None):  # noqa: A002 - F.linear's names
-        """``F.linear`` with the weight of a linear child: the child (its bias swapped for the one given)."""
-        if not self._is(input):
+        """``F.linear`` with the weight of a linear child (its bias swapped for the one given), or with a matrix of
+        the module's own (through the linear child made over it)."""
+        if not self.dependent(input):
             return None
-        child = next((m for m in self.module.modules() if isinstance(m, torch.nn.Linear) and m.weight is weight), None)
-        if child is None:
+        name = self.forward.linear_child(weight)
+        if name is None and id(weight) in self.forward.own:
+            name = self.forward.own[id(weight)][0]
+        if name is None:
             return None
+        child = self.module.get_submodule(name)
         output = child(input)
         if child.bias is not None and bias is not child.bias:
             output = output - child.bias
         if bias is not None and bias is not child.bias:
             output = output + bias
         return output
+
+    def _own_matrix_product(self, first, second):
+        """``x @ W`` with ``W`` a matrix of the module's own: its transpose's linear child on ``x``."""
+        if not self.dependent(first) or self.dependent(second) or id(second) not in self.forward.own:
+            return None
+        return self.module.get_submodule(self.forward.own[id(second)][1])(first)
+
+
+def _in_place(target) -> bool:
+    try:
+        return target in IN_PLACE
+    except TypeError:  # an unhashable target
+        return False
+
+
+def _configured_alike(made: torch.nn.Module, prototype: torch.nn.Module) -> bool:
+    """Whether a module made for a route is configured as the prototype is (then the prototype itself runs)."""
+    try:
+        return bool(plain_attributes(made) == plain_attributes(prototype))
+    except (RuntimeError, TypeError, ValueError):  # attributes that do not compare (tensors)
+        return False

@@ -197,14 +197,23 @@ class ForwardOverride:
         return type(self.module).forward(self.module, *inputs, **kwargs)
 
     def __call__(self, *inputs, **kwargs):
+        return self._propagate(self.module, self.original_forward, inputs, kwargs)
+
+    def run_as(self, module: torch.nn.Module, *inputs, **kwargs):
+        """``module(*inputs)`` with this override's rule, ``module`` being one of the same kind as the one the rule is
+        registered on, configured otherwise (an einsum's equation, a sum's signs): the run-time path makes such
+        modules for the operations it sees, and the rule reads its configuration off the module it is given."""
+        return self._propagate(module, functools.partial(type(module).forward, module), inputs, kwargs)
+
+    def _propagate(self, module: torch.nn.Module, forward, inputs: tuple, kwargs: dict):
         if not self.rule.active or not torch.is_grad_enabled() \
                 or not any(getattr(x, "requires_grad", False) for x in inputs):
-            return self.original_forward(*inputs, **kwargs)
+            return forward(*inputs, **kwargs)
         if self.rule.silent:
             inputs = tuple(x.detach() if index in self.rule.silent and isinstance(x, torch.Tensor) else x
                            for index, x in enumerate(inputs))
-        forward = functools.partial(self.original_forward, **kwargs) if kwargs else self.original_forward
-        return _Propagate.apply(self.rule, self.module, forward, *inputs)
+        forward = functools.partial(forward, **kwargs) if kwargs else forward
+        return _Propagate.apply(self.rule, module, forward, *inputs)
 
     def remove(self) -> None:
         module = self.module

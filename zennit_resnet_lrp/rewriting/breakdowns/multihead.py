@@ -8,7 +8,7 @@ import warnings
 
 import torch
 
-from ..modules import Attention
+from ..modules import Attention, linear_child
 from ..tracing import ResidualTracingWarning
 
 NOTE = None  # what the canonizer reports of a module broken down here (nothing: nothing is lost)
@@ -61,18 +61,12 @@ def _forward(self, query, key, value, key_padding_mask=None, need_weights=True, 
 
 
 def _projections(module: torch.nn.MultiheadAttention) -> dict[str, torch.nn.Linear]:
-    """The query, key and value projections of ``nn.MultiheadAttention`` as linear layers holding views of its own
-    weights (nothing copied)."""
-    width = module.embed_dim
+    """The query, key and value projections of ``nn.MultiheadAttention`` as linear layers over views of its own
+    weights and biases (nothing copied)."""
+    width, bias = module.embed_dim, module.in_proj_bias
     layers = {}
     for index, name in enumerate(("q_proj", "k_proj", "v_proj")):
-        weight = module.in_proj_weight[index * width:(index + 1) * width] if module._qkv_same_embed_dim \
-            else getattr(module, f"{name}_weight")
-        layer = torch.nn.Linear(weight.shape[1], width, bias=module.in_proj_bias is not None, device=weight.device,
-                                dtype=weight.dtype)
-        layer.weight = torch.nn.Parameter(weight.detach(), requires_grad=False)
-        if module.in_proj_bias is not None:
-            layer.bias = torch.nn.Parameter(module.in_proj_bias[index * width:(index + 1) * width].detach(),
-                                            requires_grad=False)
-        layers[name] = layer
+        part = slice(index * width, (index + 1) * width)
+        weight = module.in_proj_weight[part] if module._qkv_same_embed_dim else getattr(module, f"{name}_weight")
+        layers[name] = linear_child(weight, None if bias is None else bias[part])
     return layers
