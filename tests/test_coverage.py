@@ -1,4 +1,4 @@
-"""What the rules leave to a plain gradient is named: modules with weights no rule covers (an ``nn.GRU``), custom
+"""What the rules leave to a plain gradient is named: modules with weights no rule covers (an ``nn.LSTM`` with a projection), custom
 autograd functions (their own backward followed, not inlined), and a model handed over in training mode."""
 import warnings
 
@@ -9,35 +9,36 @@ import zennit_resnet_lrp as lrp
 from helpers import make_inputs
 
 
-class GruHead(torch.nn.Module):
-    """Feature-map columns read as a sequence by a GRU: a fused recurrent layer no rule covers yet."""
+class ProjectedLstmHead(torch.nn.Module):
+    """Feature-map columns read as a sequence by an LSTM that projects its state: a fused recurrent layer no
+    breakdown covers yet."""
 
     def __init__(self):
         super().__init__()
-        self.gru = torch.nn.GRU(8, 6, batch_first=True)
-        self.fc = torch.nn.Linear(6, 5)
+        self.lstm = torch.nn.LSTM(8, 6, batch_first=True, proj_size=3)
+        self.fc = torch.nn.Linear(3, 5)
 
     def forward(self, features):
         sequence = features.flatten(2).transpose(1, 2)
-        states, _ = self.gru(sequence)
+        states, _ = self.lstm(sequence)
         return self.fc(states[:, -1])
 
 
-def _gru_model():
+def _recurrent_model():
     torch.manual_seed(0)
     return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(4),
-                               GruHead()).double().eval()
+                               ProjectedLstmHead()).double().eval()
 
 
 @pytest.mark.filterwarnings("ignore:found no residual addition")
-def test_gru_without_a_rule_is_named_as_the_layer_not_its_parent():
-    with pytest.warns(lrp.ConservationWarning, match=r"GRU at '3\.gru' has no rule") as caught:
-        result = lrp.attribute(_gru_model(), make_inputs(2, 16))
-    assert result.uncovered == [("3.gru", "GRU")]
+def test_layer_without_a_rule_is_named_as_the_layer_not_its_parent():
+    with pytest.warns(lrp.ConservationWarning, match=r"LSTM at '3\.lstm' has no rule") as caught:
+        result = lrp.attribute(_recurrent_model(), make_inputs(2, 16))
+    assert result.uncovered == [("3.lstm", "LSTM")]
     message = str(next(w.message for w in caught if isinstance(w.message, lrp.ConservationWarning)))
     assert "ResidualSum" not in message  # not the hint for an unrouted addition
     violation = next(w.message for w in caught if isinstance(w.message, lrp.ConservationWarning)).violation
-    assert violation.kinds[0] == "GRU"
+    assert violation.kinds[0] == "LSTM"
 
 
 class TimesThree(torch.autograd.Function):

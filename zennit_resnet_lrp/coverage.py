@@ -1,6 +1,6 @@
 """What the rules leave to the plain gradient, where relevance may not be conserved: the leaves of the canonized model
 that neither have a rule nor only move values (reshapes, dropout, padding), for the coverage report; and, for the
-conservation warning, the modules with weights that no rule covers (an ``nn.GRU``) and the custom autograd functions
+conservation warning, the modules with weights that no rule covers (an ``nn.LSTM`` that projects its state) and the custom autograd functions
 in the forward (their own backward carries relevance there)."""
 from __future__ import annotations
 

@@ -39,7 +39,7 @@ class Attribution:
         ``total + absorbed`` is what a conserving method keeps of ``start``. None where the model has no such tokens.
     uncovered : list of (str, str)
         ``(name, class name)`` of the modules with weights of their own that no rule covered: relevance crossed them
-        as a plain gradient (an ``nn.GRU``), which does not conserve it.
+        as a plain gradient (an ``nn.LSTM`` that projects its state), which does not conserve it.
     functions : list of str
         Custom ``torch.autograd.Function`` classes in the forward: their own backward carried relevance there.
     """

@@ -1,6 +1,6 @@
 """Fused modules written out through explicit modules, one kind per file, so that the rules see inside them:
-``nn.MultiheadAttention`` (:py:mod:`.multihead`), ``nn.LSTM`` (:py:mod:`.recurrent`), torchvision's shifted window
-attention (:py:mod:`.windows`).
+``nn.MultiheadAttention`` (:py:mod:`.multihead`), ``nn.LSTM``, ``nn.GRU`` and ``nn.RNN`` (:py:mod:`.recurrent`),
+torchvision's shifted window attention (:py:mod:`.windows`).
 
 A breakdown is a module with three names: ``matches(module)``, whether it breaks ``module`` down;
 ``decompose(module, name)``, which gives the module children and an instance forward through them and returns the
