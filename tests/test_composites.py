@@ -122,3 +122,23 @@ def test_channels_last_inputs_give_the_same_relevance(method):
                                atol=1e-5 * float(expected.relevance.abs().max()))
     if method == "flows_skip_conservative":
         assert float(result.conservation_error.max()) <= 1e-5
+
+
+def test_zennit_attributor_on_our_composite_gives_what_attribute_gives():
+    """XCiT's Fourier position encoding is computed from parameters and sizes alone: the sum it joins hands it
+    nothing. That holds because the composite itself freezes the parameters while registered, so zennit's own
+    attributor on it (parameters requiring gradients, as a user's model has them) gives what ``attribute`` gives."""
+    timm = pytest.importorskip("timm")
+    from zennit.attribution import Gradient
+
+    torch.manual_seed(0)
+    model = timm.create_model("xcit_nano_12_p16_224", pretrained=False, num_classes=10, img_size=32).double().eval()
+    assert all(parameter.requires_grad for parameter in model.parameters())
+    x = make_inputs(2, 32)
+    ours = lrp.attribute(model, x, start_with="logit")
+    seed = torch.nn.functional.one_hot(ours.target, 10).double() * ours.start[:, None]
+    with Gradient(model, lrp.make_composite()) as attributor:
+        _, relevance = attributor(x, seed)
+    torch.testing.assert_close(relevance, ours.relevance, rtol=1e-10, atol=1e-14)
+    assert float(ours.conservation_error.max()) <= lrp.DEFAULT_TOLERANCE
+    assert all(parameter.requires_grad for parameter in model.parameters())

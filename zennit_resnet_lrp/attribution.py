@@ -19,7 +19,7 @@ from .coverage import custom_functions, uncovered_modules
 from .rewriting import ResidualCanonizer, ResidualSum, residual_blocks
 from .recording import AbsorptionRecorder, RelevanceRecorder
 from .results import Attribution
-from .snapshot import evaluating
+from .snapshot import evaluating, freeze_parameters, thaw_parameters
 
 # what the relevance put in at the target is: its probability (the paper), its logit, or 1
 START_WITH = ("softmax", "logit", "one")
@@ -262,17 +262,14 @@ def _registered(model, composite, watch) -> Iterator[tuple[RelevanceRecorder | N
 
 @contextmanager
 def _parameters_constant(model: torch.nn.Module) -> Iterator[None]:
-    """The model's parameters not requiring gradients while it is attributed, then as they were: what is computed from
-    parameters and sizes alone (XCiT's Fourier position encoding) then does not require a gradient either, and a split
-    hands it no relevance (``constants_as_zero``); the model's own tokens are made leaves of their own."""
-    trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    """The model's parameters frozen while it is attributed, for every composite (ours freeze them themselves while
+    registered; zennit's do not): what is computed from parameters and sizes alone then does not require a gradient,
+    and a split hands it no relevance (``constants_as_zero``); the model's own tokens are made leaves of their own."""
+    frozen = freeze_parameters(model)
     try:
-        for parameter in trainable:
-            parameter.requires_grad_(False)
         yield
     finally:
-        for parameter in trainable:
-            parameter.requires_grad_(True)
+        thaw_parameters(frozen)
 
 
 def _attribute_chunk(model, chunk: torch.Tensor, request: _Request, begin: int,

@@ -21,7 +21,7 @@ from .rules import (
     MaxPoolAverageStandIn, MaxPoolProportional, MaxPoolWinnerTakesAll, PaddingToEdge, PassThrough, PoolProportional,
     ReductionSplit, RelevanceSplit, SoftmaxRule, UniformSplit, ZPlus,
 )
-from .snapshot import ModelSnapshot
+from .snapshot import ModelSnapshot, freeze_parameters, thaw_parameters
 
 DEFAULT_METHOD = "flows_skip_conservative"
 PAPER_VARIANTS = ("flows_skip", "flows_skip_simple", "latest", "simple")
@@ -75,6 +75,7 @@ class ResidualComposite:
 
     def __init__(self, *args, **kwargs) -> None:
         self._snapshot: ModelSnapshot | None = None
+        self._frozen: list[torch.nn.Parameter] = []
         super().__init__(*args, **kwargs)
 
     def _with_residual_canonizer(self, canonizers: Sequence[Canonizer] | None) -> list[Canonizer]:
@@ -98,30 +99,42 @@ class ResidualComposite:
         """
         self.remove()
         recorded = ModelSnapshot(module) if snapshot else None
+        # what the rules hold constant is what does not depend on the input: with the parameters frozen while the
+        # composite is on, that is what does not require a gradient, whoever runs the model (zennit's attributors too)
+        frozen = freeze_parameters(module)
         try:
             super().register(module)  # zennit's register first calls remove(): keep the snapshot out of its reach
         except BaseException:
             super().remove()
+            thaw_parameters(frozen)
             if recorded is not None:
                 recorded.restore()
             raise
-        self._snapshot = recorded
+        self._snapshot, self._frozen = recorded, frozen
 
     def remove(self) -> None:
         super().remove()
+        thaw_parameters(self._frozen)
+        self._frozen = []
         if self._snapshot is not None:
             self._snapshot.restore()
             self._snapshot = None
 
 
-def explicit_module_rules(fast: bool = True) -> LayerMap:
-    """The rules of the modules canonizers route operations through (gates, products, scales) and of the layers that
-    pass relevance as they are (batch norms and other normalisation layers, activations): the same in every
-    composite here, ours and zennit's given by name."""
+def routed_product_rules(fast: bool = True) -> LayerMap:
+    """The rules of the products canonizers route operations through (gates, products of branches, scales): the same
+    in every composite here, ours and zennit's given by name."""
     return [
         (GatedProduct, GateAsWeight(fast=fast)),
         (Product, UniformSplit(fast=fast)),
         (Scale, PassThrough(fast=fast)),
+    ]
+
+
+def passing_layer_rules(fast: bool = True) -> LayerMap:
+    """The layers that pass relevance as they are in the paper's rules: batch norms and other normalisation layers,
+    activations (zennit's composites have rules of their own for these)."""
+    return [
         ((BatchNorm, *normalization_types()), PassThrough(fast=fast)),
         (activation_types(), PassThrough(fast=fast)),
     ]
@@ -209,7 +222,8 @@ class ResNetLRP(ResidualComposite, SpecialFirstLayerMapComposite):
             ((Fold, torch.nn.Fold), FoldSplit(self.split, fast=fast)),  # a sum of overlapping columns
             (torch.nn.Unfold, CopiesBack(fast=fast)),
             *self.attention_rules(rule_args),
-            *explicit_module_rules(fast),
+            *routed_product_rules(fast),
+            *passing_layer_rules(fast),
             (CONVOLUTION, ZPlus(**rule_args)),
             (TRANSPOSED_CONVOLUTION, ZPlus(**rule_args)),  # upsampling (LowFormer): z+ through its linear map
             (torch.nn.Linear, ZPlus(**rule_args)),

@@ -12,7 +12,7 @@ from zennit.composites import COMPOSITES, EpsilonAlpha2Beta1, EpsilonGammaBox, E
 from zennit.core import Composite
 from zennit.layer import Sum
 
-from .composites import DEFAULT_METHOD, PAPER_VARIANTS, LayerMap, ResidualComposite, box_bounds, explicit_module_rules
+from .composites import DEFAULT_METHOD, PAPER_VARIANTS, LayerMap, ResidualComposite, box_bounds, routed_product_rules
 from .rewriting import ResidualCanonizer, ResidualSum, SumOver, TraceCache
 from .rules import ReductionSplit, RelevanceSplit
 
@@ -28,7 +28,7 @@ class SplitCounterpart(ResidualComposite):
     def __init__(self, split: str = "ratio", split_identity: bool = True, layer_map: LayerMap | None = None,
                  canonizers: Sequence[Canonizer] | None = None, **kwargs) -> None:
         layer_map = [(ResidualSum, RelevanceSplit(split, split_identity)), (SumOver, ReductionSplit(split)),
-                     *explicit_module_rules()[:3]] \
+                     *routed_product_rules()] \
             + list(layer_map or [])
         super().__init__(layer_map=layer_map, canonizers=self._with_residual_canonizer(canonizers), **kwargs)
 
@@ -102,7 +102,7 @@ def make_composite(method: str | Composite = DEFAULT_METHOD, bounds: tuple | Non
     composite = cls(canonizers=[ResidualCanonizer(merge_batchnorm=True, cache=cache)], **kwargs)
     # the modules our canonizer adds get our rules (gates, products and scales as in ours); and zennit's Norm for its
     # stacked Sum, in the form our sums take (their operands separate), where the composite has it
-    composite.layer_map[:0] = [(SumOver, ReductionSplit()), *explicit_module_rules()[:3]]
+    composite.layer_map[:0] = [(SumOver, ReductionSplit()), *routed_product_rules()]
     if any(_maps(types, Sum) for types, _ in composite.layer_map):
         composite.layer_map.insert(0, (ResidualSum, RelevanceSplit("signed")))
     return composite

@@ -87,3 +87,19 @@ def evaluating(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
         yield model
     finally:
         snapshot.restore()
+
+
+def freeze_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """Switch off ``requires_grad`` of the model's parameters that have it; return those (:py:func:`thaw_parameters`
+    puts it back). With the parameters frozen, a tensor requires a gradient exactly where it depends on the input:
+    what the rules read as constant (computed from parameters and sizes alone: XCiT's Fourier position encoding)."""
+    trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    for parameter in trainable:
+        parameter.requires_grad_(False)
+    return trainable
+
+
+def thaw_parameters(parameters: list[torch.nn.Parameter]) -> None:
+    """Undo :py:func:`freeze_parameters`."""
+    for parameter in parameters:
+        parameter.requires_grad_(True)
