@@ -10,7 +10,7 @@ from torch.nn.modules.utils import _pair
 
 from .core import RelevanceRule
 from .pools import to_edge
-from .splits import RelevanceSplit
+from .splits import RelevanceSplit, split_by_magnitude
 
 
 def _geometry(module: torch.nn.Module) -> dict:
@@ -44,12 +44,8 @@ class FoldSplit(RelevanceSplit):
         columns = inputs[0]
         geometry = _geometry(module)
         size = relevance.shape[-2:]
-        counts = F.fold(torch.ones_like(columns), size, **geometry)  # how many entries land on each pixel
-        even = relevance / counts.clamp_min(1)
+        counts = F.fold(torch.ones_like(columns), size, **geometry).clamp_min(1)  # entries landing on each pixel
         if self.mode == "symmetric":
-            return F.unfold(even, **geometry)
-        magnitude = columns.abs()
-        total = F.fold(magnitude, size, **geometry)
-        supported = total > 0
-        scaled = torch.where(supported, relevance / total.where(supported, torch.ones_like(total)), 0)
-        return magnitude * F.unfold(scaled, **geometry) + F.unfold(even.masked_fill(supported, 0), **geometry)
+            return F.unfold(relevance / counts, **geometry)
+        return split_by_magnitude(columns, lambda x: F.fold(x, size, **geometry),
+                                  lambda r: F.unfold(r, **geometry), relevance, counts)

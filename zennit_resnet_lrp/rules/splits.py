@@ -7,6 +7,8 @@ ever modified. How and when a rule runs is :py:mod:`.core`'s business; the formu
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from .core import RelevanceRule
@@ -151,6 +153,17 @@ class ReductionSplit(RelevanceSplit):
             count *= values.shape[dim]
         if self.mode == "symmetric":
             return relevance.expand_as(values) / count
-        magnitude = values.abs()
-        share = (magnitude / magnitude.sum(dims, keepdim=True)).nan_to_num_(nan=1 / count)
-        return share * relevance
+        return split_by_magnitude(values, lambda x: x.sum(dims, keepdim=True), lambda r: r, relevance, count)
+
+
+def split_by_magnitude(values: torch.Tensor, total: Callable, spread: Callable, relevance: torch.Tensor,
+                       count) -> torch.Tensor:
+    """The ratio split of a sum of entries of ``values`` (``total``: the summing map, ``spread``: its transpose, each
+    output's value back to the entries that add up to it): entry ``i`` gets ``|x_i| / sum_j |x_j|`` of its sum's
+    relevance, an even share (``1 / count``: how many entries each sum has) where they are all 0."""
+    magnitude = values.abs()
+    sums = total(magnitude)
+    supported = sums > 0
+    scaled = torch.where(supported, relevance / sums.where(supported, torch.ones_like(sums)), 0)
+    even = torch.where(supported, 0, relevance / count)
+    return magnitude * spread(scaled) + spread(even)
