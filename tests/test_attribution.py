@@ -5,7 +5,9 @@ import pytest
 import torch
 
 import zennit_resnet_lrp as lrp
-from helpers import make_inputs, make_model
+import torchvision
+
+from helpers import make_inputs, make_model, randomize_batchnorm
 
 
 def test_result_shapes_and_fields(resnet18, inputs):
@@ -52,7 +54,10 @@ def test_float32_and_float64_agree():
 
 
 @pytest.mark.parametrize("bad, message", [
-    (lambda x: x[0], r"shape \(N, C, H, W\)"),
+    (lambda x: x[0], r"the model failed on inputs of shape \(3, 64, 64\) \(.*\); if they are one image \(C, H, W\), "
+                     r"add a batch dimension with unsqueeze\(0\)"),
+    (lambda x: x[0, 0], r"images \(N, C, H, W\) or clips \(N, C, T, H, W\); got shape \(64, 64\); add a batch"),
+    (lambda x: x[None, None], r"got shape \(1, 1, 2, 3, 64, 64\)$"),
     (lambda x: x[:0], "no samples"),
     (lambda x: x.long(), "floating point"),
     (lambda x: x.float(), "float32 .* but the model is torch.float64"),
@@ -153,3 +158,18 @@ def test_non_finite_inputs_are_refused(resnet18, inputs, bad):
     x[1, 0, 3, 4] = bad
     with pytest.raises(lrp.AttributionError, match=r"NaN or infinite values \(sample\(s\) 1\)"):
         lrp.attribute(resnet18, x)
+
+
+@pytest.mark.parametrize("name", ["r3d_18", pytest.param("mc3_18", marks=pytest.mark.slow),
+                                  pytest.param("r2plus1d_18", marks=pytest.mark.slow)])
+def test_video_resnets_conserve_on_clips_of_two_lengths(name):
+    """(N, C, T, H, W) clips through 3-D convolutions, pools and norms: a map per frame, the model as it was."""
+    torch.manual_seed(0)
+    model = randomize_batchnorm(getattr(torchvision.models.video, name)(num_classes=5)).double().eval()
+    state = {key: value.clone() for key, value in model.state_dict().items()}
+    for frames in (2, 4):
+        clips = torch.randn(1, 3, frames, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(frames))
+        result = lrp.attribute(model, clips)
+        assert result.heatmap.shape == (1, frames, 16, 16)
+        assert float(result.conservation_error.max()) <= 1e-12
+    assert all(torch.equal(model.state_dict()[key], value) for key, value in state.items())

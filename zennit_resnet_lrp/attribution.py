@@ -16,6 +16,7 @@ from .conservation import (
     DEFAULT_TOLERANCE, ConservationReport, ConservationWarning, Violation, design_losses, locate, worst_violation,
 )
 from .coverage import custom_functions, uncovered_modules
+from .outputs import OutputChoice, OutputError, logits_of
 from .rewriting import ResidualCanonizer, ResidualSum, residual_blocks
 from .recording import AbsorptionRecorder, RelevanceRecorder
 from .results import Attribution
@@ -72,9 +73,10 @@ def _start_values(output: torch.Tensor, target: torch.Tensor, start_with: str) -
 def _check_inputs(model: torch.nn.Module, inputs: torch.Tensor, start_with: str) -> None:
     if not isinstance(inputs, torch.Tensor):
         raise AttributionError(f"inputs must be a torch.Tensor, not {type(inputs).__name__}")
-    if inputs.ndim != 4:
+    if inputs.ndim not in (3, 4, 5):
         raise AttributionError(
-            f"inputs must have shape (N, C, H, W), got {tuple(inputs.shape)}; add a batch dimension with unsqueeze(0)"
+            f"inputs must be a batch of signals (N, C, L), images (N, C, H, W) or clips (N, C, T, H, W); got shape "
+            f"{tuple(inputs.shape)}" + ("; add a batch dimension with unsqueeze(0)" if inputs.ndim == 2 else "")
         )
     if inputs.shape[0] == 0:
         raise AttributionError("inputs hold no samples (N = 0)")
@@ -107,17 +109,19 @@ def attribute(
     tolerance: float | None = DEFAULT_TOLERANCE,
     bounds: tuple | None = None,
     progress: Callable[[int], None] | None = None,
+    output: OutputChoice = None,
 ) -> Attribution:
     """Explain ``model``'s predictions on ``inputs`` with LRP.
 
     Parameters
     ----------
     model : torch.nn.Module
-        A classifier returning logits (N, K). It is attributed in eval mode (a model in training mode is put in eval
+        A classifier returning logits (N, K), or an output holding them (see ``output``). It is attributed in eval mode (a model in training mode is put in eval
         mode for it, with a warning) and left exactly as it was: same parameter objects, same values, same training
         flags, no hooks, no gradients, also when an exception is raised.
     inputs : torch.Tensor
-        Batch (N, C, H, W) on the model's device and with its dtype. Channels-last batches work too (faster on
+        Batch (N, C, H, W) on the model's device and with its dtype; also (N, C, T, H, W) clips for video models
+        (3-D convolutions, pools and norms) and (N, C, L) signals. Channels-last batches work too (faster on
         the CPU for larger batches; see docs/benchmarks.md); the relevance comes back in their layout.
     method : str or Composite
         A name registered in ``zennit.composites.COMPOSITES`` (ours: ``flows_skip_conservative`` (the default),
@@ -138,6 +142,10 @@ def attribute(
         Lowest and highest input values, for a ``method`` named by a composite with a box rule; ImageNet's by default.
     progress : callable, optional
         Called with the number of samples just done after each batch (for progress displays).
+    output : str, int or callable, optional
+        Where the logits are in what the model returns: a key or attribute name, an index, or a function of the
+        output. By default a tensor as it is, else the ``logits`` of a Hugging Face ``ModelOutput`` (or any mapping
+        or object holding them), a mapping's ``"out"`` (torchvision's segmentation models), the first of a tuple.
 
     Returns
     -------
@@ -157,10 +165,10 @@ def attribute(
     if target is not None:
         target = _target_tensor(target, inputs.shape[0])
     watch = _blocks if record_blocks else None
-    request = _Request(target, start_with, batch_size or inputs.shape[0], progress)
+    request = _Request(target, start_with, batch_size or inputs.shape[0], progress, output)
     result = _run(model, inputs, composite, request, watch)
     if tolerance is not None:
-        violation = locate_violation(model, inputs, result, composite, start_with, tolerance=tolerance)
+        violation = locate_violation(model, inputs, result, composite, start_with, tolerance=tolerance, output=output)
         if violation is not None:
             warnings.warn(ConservationWarning(violation), stacklevel=2)
     return result
@@ -176,12 +184,13 @@ def check_conservation(
     tolerance: float = DEFAULT_TOLERANCE,
     batch_size: int | None = None,
     progress: Callable[[int], None] | None = None,
+    output: OutputChoice = None,
 ) -> ConservationReport:
     """Attribute ``inputs`` and report the relevance at every residual block and at the input.
 
     Parameters
     ----------
-    model, inputs, method, target, start_with, batch_size, progress
+    model, inputs, method, target, start_with, batch_size, progress, output
         As for :py:func:`attribute`.
     tolerance : float
         The largest acceptable ``|input relevance - start| / |start|`` per sample.
@@ -195,19 +204,21 @@ def check_conservation(
     except UnknownCompositeError as error:
         raise AttributionError(str(error)) from None
     result = attribute(model, inputs, composite, target, start_with, batch_size=batch_size, record_blocks=True,
-                       tolerance=None, progress=progress)
-    violation = locate_violation(model, inputs, result, composite, start_with, tolerance=tolerance)
+                       tolerance=None, progress=progress, output=output)
+    violation = locate_violation(model, inputs, result, composite, start_with, tolerance=tolerance, output=output)
     return ConservationReport(result, tolerance, violation)
 
 
 @dataclass(frozen=True)
 class _Request:
-    """What to attribute: the targets (None: top-1), the start relevance, the chunk size and a progress callback."""
+    """What to attribute: the targets (None: top-1), the start relevance, the chunk size, a progress callback and where
+    the logits are in the model's output."""
 
     target: torch.Tensor | None
     start_with: str
     batch_size: int
     progress: Callable[[int], None] | None = None
+    output: OutputChoice = None
 
 
 def _blocks(model: torch.nn.Module) -> list[str]:
@@ -279,9 +290,14 @@ def _attribute_chunk(model, chunk: torch.Tensor, request: _Request, begin: int,
     chunk = chunk.detach().clone().requires_grad_(True)
     absorption.take()  # nothing left from an earlier forward pass
     with torch.enable_grad():
-        output = model(chunk)
+        try:
+            output = logits_of(_forward(model, chunk), request.output)
+        except OutputError as error:
+            raise AttributionError(str(error)) from None
         if output.ndim != 2:
-            raise AttributionError(f"the model returned shape {tuple(output.shape)}; expected logits (N, K)")
+            hint = ("; if the inputs are one image (C, H, W), add a batch dimension with unsqueeze(0)"
+                    if chunk.ndim == 3 and output.ndim == 1 else "; name another of its outputs with output=")
+            raise AttributionError(f"the model's logits have shape {tuple(output.shape)}; expected (N, K){hint}")
         output_values = output.detach()
         functions = custom_functions(output)
         target = None if request.target is None else request.target[begin:begin + chunk.shape[0]]
@@ -311,6 +327,18 @@ def _attribute_chunk(model, chunk: torch.Tensor, request: _Request, begin: int,
     return relevance.detach(), chosen, values, output_values, per_sample, functions
 
 
+def _forward(model: torch.nn.Module, chunk: torch.Tensor):
+    """The model on a chunk; where it fails on three-dimensional inputs, the likely cause said (one image given
+    without its batch dimension)."""
+    if chunk.ndim != 3:
+        return model(chunk)
+    try:
+        return model(chunk)
+    except (RuntimeError, ValueError) as error:
+        raise AttributionError(f"the model failed on inputs of shape {tuple(chunk.shape)} ({' '.join(str(error).split())}); "
+                               "if they are one image (C, H, W), add a batch dimension with unsqueeze(0)") from error
+
+
 def locate_violation(
     model: torch.nn.Module,
     inputs: torch.Tensor,
@@ -319,6 +347,7 @@ def locate_violation(
     start_with: str = "softmax",
     *,
     tolerance: float = DEFAULT_TOLERANCE,
+    output: OutputChoice = None,
 ) -> Violation | None:
     """Whether ``result`` (an attribution of ``inputs`` with ``composite``) misses its start relevance by more than
     ``tolerance`` for a sample and, if so, why and where: the modules no rule covers, the custom autograd functions,
@@ -333,7 +362,7 @@ def locate_violation(
     if reasons and ratio <= 1:  # lost by design: every layer of the method loses some, nothing to locate
         return Violation(worst, ratio, float(result.conservation_error[worst]), tolerance, [], **causes)
     names = [name for name, _ in model.named_modules() if name]  # the model's own modules
-    one = _Request(result.target[worst:worst + 1], start_with, 1)
+    one = _Request(result.target[worst:worst + 1], start_with, 1, output=output)
     traced = _run(model, inputs[worst:worst + 1], composite, one, watch=lambda canonized: names)
     places = locate(traced.blocks or [], float(result.start[worst]), tolerance, dict(model.named_modules()))
     return Violation(worst, ratio, float(result.conservation_error[worst]), tolerance, places, **causes)
