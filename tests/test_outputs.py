@@ -7,7 +7,6 @@ import pytest
 import torch
 
 import zennit_resnet_lrp as lrp
-from helpers import make_inputs, make_model
 
 
 @dataclass
