@@ -36,5 +36,6 @@ from .rules import (
     RelevanceRule, RelevanceSplit, SoftmaxRule, UniformSplit, ZPlus,
 )
 from .snapshot import ModelSnapshot, evaluating
+from .targets import Region
 
 __version__ = "0.1.0"

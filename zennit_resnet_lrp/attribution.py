@@ -17,14 +17,11 @@ from .conservation import (
 )
 from .coverage import custom_functions, uncovered_modules
 from .outputs import OutputChoice, OutputError, logits_of
+from .targets import START_WITH, Region, TargetError, class_targets, start_relevance
 from .rewriting import ResidualCanonizer, ResidualSum, residual_blocks
 from .recording import AbsorptionRecorder, RelevanceRecorder
 from .results import Attribution
 from .snapshot import evaluating, freeze_parameters, thaw_parameters
-
-# what the relevance put in at the target is: its probability (the paper), its logit, or 1
-START_WITH = ("softmax", "logit", "one")
-
 
 class AttributionError(ValueError):
     """Bad input to :py:func:`attribute` (wrong shape, unknown method, target out of range, ...)."""
@@ -32,42 +29,6 @@ class AttributionError(ValueError):
 
 class TrainingModeWarning(UserWarning):
     """The model was handed over in training mode: it is attributed in eval mode and put back in training mode."""
-
-
-def _target_tensor(target, count: int) -> torch.Tensor:
-    try:
-        target = torch.as_tensor(target)
-    except (TypeError, ValueError, RuntimeError) as error:
-        raise AttributionError(f"target must be class indices, not {target!r}") from error
-    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
-        raise AttributionError("target must hold integer class indices")
-    if target.ndim == 0:
-        target = target.expand(count)
-    if target.ndim != 1 or target.numel() != count:
-        raise AttributionError(f"target has {target.numel()} entries for {count} samples; give one per sample")
-    return target.long()
-
-
-def _targets(target, output: torch.Tensor) -> torch.Tensor:
-    classes = output.shape[1]
-    if target is None:
-        return output.argmax(1)
-    target = target.to(output.device)
-    bad = (target < 0) | (target >= classes)
-    if bool(bad.any()):
-        raise AttributionError(
-            f"target {int(target[bad][0])} is out of range for a model with {classes} classes (0..{classes - 1})"
-        )
-    return target.long()
-
-
-def _start_values(output: torch.Tensor, target: torch.Tensor, start_with: str) -> torch.Tensor:
-    picked = output.gather(1, target[:, None])[:, 0]
-    if start_with == "softmax":
-        return output.softmax(1).gather(1, target[:, None])[:, 0]
-    if start_with == "logit":
-        return picked
-    return torch.ones_like(picked)
 
 
 def _check_inputs(model: torch.nn.Module, inputs: torch.Tensor, start_with: str) -> None:
@@ -101,7 +62,7 @@ def attribute(
     model: torch.nn.Module,
     inputs: torch.Tensor,
     method: str | Composite = DEFAULT_METHOD,
-    target: int | Sequence[int] | torch.Tensor | None = None,
+    target: int | Sequence[int] | torch.Tensor | Region | None = None,
     start_with: str = "softmax",
     *,
     batch_size: int | None = None,
@@ -126,10 +87,13 @@ def attribute(
     method : str or Composite
         A name registered in ``zennit.composites.COMPOSITES`` (ours: ``flows_skip_conservative`` (the default),
         ``flows_skip``, ``flows_skip_simple``, ``latest``, ``simple``, ``*_split``; or zennit's) or an instance.
-    target : int, sequence of int, tensor or None
-        Class to explain per sample; None explains each sample's top-1 class.
+    target : int, sequence of int, tensor, Region or None
+        Class to explain per sample; None explains each sample's top-1 class. For a dense output (N, K, H, W), a
+        :py:class:`~zennit_resnet_lrp.targets.Region`: a class at some pixels (a segmentation's "why are these pixels
+        class 12").
     start_with : {"softmax", "logit", "one"}
-        The relevance put in at the target (``Attribution.start``): its probability (the paper), its logit, or 1.
+        The relevance put in at the target (``Attribution.start``): its probability (the paper), its logit, or 1
+        (for a region: summed over its pixels).
     batch_size : int, optional
         Process at most this many samples at a time (the result is the same; memory is bounded).
     record_blocks : bool
@@ -162,8 +126,11 @@ def attribute(
         composite = make_composite(method, bounds)
     except UnknownCompositeError as error:
         raise AttributionError(str(error)) from None
-    if target is not None:
-        target = _target_tensor(target, inputs.shape[0])
+    if target is not None and not isinstance(target, Region):
+        try:
+            target = class_targets(target, inputs.shape[0])
+        except TargetError as error:
+            raise AttributionError(str(error)) from None
     watch = _blocks if record_blocks else None
     request = _Request(target, start_with, batch_size or inputs.shape[0], progress, output)
     result = _run(model, inputs, composite, request, watch)
@@ -178,7 +145,7 @@ def check_conservation(
     model: torch.nn.Module,
     inputs: torch.Tensor,
     method: str | Composite = DEFAULT_METHOD,
-    target: int | Sequence[int] | torch.Tensor | None = None,
+    target: int | Sequence[int] | torch.Tensor | Region | None = None,
     start_with: str = "softmax",
     *,
     tolerance: float = DEFAULT_TOLERANCE,
@@ -214,7 +181,7 @@ class _Request:
     """What to attribute: the targets (None: top-1), the start relevance, the chunk size, a progress callback and where
     the logits are in the model's output."""
 
-    target: torch.Tensor | None
+    target: torch.Tensor | Region | None
     start_with: str
     batch_size: int
     progress: Callable[[int], None] | None = None
@@ -242,7 +209,8 @@ def _run(model, inputs, composite, request: _Request, watch: Callable[[torch.nn.
     untraced = [entry for canonizer in getattr(composite, "canonizers", [])
                 if isinstance(canonizer, ResidualCanonizer) for entry in canonizer.untraced]
     return Attribution(relevance, chosen, values, outputs, blocks, untraced, absorbed if tokens else None, uncovered,
-                       list(dict.fromkeys(name for names in functions for name in names)))
+                       list(dict.fromkeys(name for names in functions for name in names)),
+                       request.target if isinstance(request.target, Region) else None)
 
 
 @contextmanager
@@ -294,16 +262,15 @@ def _attribute_chunk(model, chunk: torch.Tensor, request: _Request, begin: int,
             output = logits_of(_forward(model, chunk), request.output)
         except OutputError as error:
             raise AttributionError(str(error)) from None
-        if output.ndim != 2:
-            hint = ("; if the inputs are one image (C, H, W), add a batch dimension with unsqueeze(0)"
-                    if chunk.ndim == 3 and output.ndim == 1 else "; name another of its outputs with output=")
-            raise AttributionError(f"the model's logits have shape {tuple(output.shape)}; expected (N, K){hint}")
         output_values = output.detach()
         functions = custom_functions(output)
-        target = None if request.target is None else request.target[begin:begin + chunk.shape[0]]
-        chosen = _targets(target, output_values)
-        values = _start_values(output_values, chosen, request.start_with)
-        seed = torch.zeros_like(output).scatter(1, chosen[:, None], values[:, None])
+        target = request.target
+        if isinstance(target, torch.Tensor):
+            target = target[begin:begin + chunk.shape[0]]
+        try:
+            chosen, values, seed = start_relevance(output_values, target, request.start_with, begin)
+        except TargetError as error:
+            raise AttributionError(str(error)) from None
         count = chunk.shape[0]
         tokens = absorption.take()
         # a token of the model's own that is not one per sample (TNT's pixel position embedding, broadcast over the
@@ -362,7 +329,8 @@ def locate_violation(
     if reasons and ratio <= 1:  # lost by design: every layer of the method loses some, nothing to locate
         return Violation(worst, ratio, float(result.conservation_error[worst]), tolerance, [], **causes)
     names = [name for name, _ in model.named_modules() if name]  # the model's own modules
-    one = _Request(result.target[worst:worst + 1], start_with, 1, output=output)
+    region = result.region.of_sample(worst) if result.region is not None else None
+    one = _Request(region if region is not None else result.target[worst:worst + 1], start_with, 1, output=output)
     traced = _run(model, inputs[worst:worst + 1], composite, one, watch=lambda canonized: names)
     places = locate(traced.blocks or [], float(result.start[worst]), tolerance, dict(model.named_modules()))
     return Violation(worst, ratio, float(result.conservation_error[worst]), tolerance, places, **causes)

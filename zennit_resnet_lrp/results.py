@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .recording import ModuleRelevance
+from .targets import Region
 
 
 def relative_error(value: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -28,7 +29,7 @@ class Attribution:
     start : torch.Tensor
         The relevance put in at the output for each sample, shape (N,) (chosen by ``start_with``).
     output : torch.Tensor
-        The model's output (logits), shape (N, K).
+        The model's output (logits), shape (N, K), or (N, K, H, W) for a dense output.
     blocks : list of ModuleRelevance or None
         Relevance entering and leaving each residual block, when ``record_blocks`` was asked for.
     untraced : list of (str, str, str)
@@ -42,6 +43,8 @@ class Attribution:
         as a plain gradient (an ``nn.LSTM`` that projects its state), which does not conserve it.
     functions : list of str
         Custom ``torch.autograd.Function`` classes in the forward: their own backward carried relevance there.
+    region : Region or None
+        The region of a dense output that was explained (``target``), None where classes were.
     """
 
     relevance: torch.Tensor
@@ -53,6 +56,7 @@ class Attribution:
     absorbed: torch.Tensor | None = field(default=None)
     uncovered: list[tuple[str, str]] = field(default_factory=list)
     functions: list[str] = field(default_factory=list)
+    region: Region | None = field(default=None)
 
     @property
     def heatmap(self) -> torch.Tensor:
@@ -72,5 +76,5 @@ class Attribution:
 
     @property
     def probabilities(self) -> torch.Tensor:
-        """Softmax of the output, shape (N, K)."""
+        """Softmax of the output over its classes, shape (N, K) (or (N, K, H, W) for a dense output)."""
         return self.output.softmax(1)
