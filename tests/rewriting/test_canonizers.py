@@ -1,10 +1,13 @@
 """The residual canonizer: which blocks it finds, outputs unchanged, sums in place, one remove() undoes it."""
+import types
+
 import pytest
 import torch
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 import zennit_resnet_lrp as lrp
 from helpers import make_inputs, make_model, randomize_batchnorm
+from zennit_resnet_lrp.rewriting.breakdowns import BREAKDOWNS
 
 
 class TwoBlockNet(torch.nn.Module):
@@ -100,3 +103,40 @@ def test_batchnorm_merged_along_the_data_flow_keeps_the_function(name):
         with composite.context(model), torch.no_grad():
             merged = model(inputs)
         torch.testing.assert_close(merged, expected, rtol=1e-12, atol=1e-12 * float(expected.abs().max()))
+
+
+def _glu_breakdown() -> types.SimpleNamespace:
+    """A breakdown of ``nn.GLU`` through a ``GatedProduct`` child, as a user would write one (docs/howto-breakdown.md)."""
+    def decompose(module, name):
+        module.add_module("gated", lrp.GatedProduct())
+
+        def forward(x):
+            features, gate = x.chunk(2, module.dim)
+            return module.gated(features, gate.sigmoid())
+        module.__dict__["forward"] = forward
+        return ["gated"]
+    return types.SimpleNamespace(NOTE="written out by the test", decompose=decompose,
+                                 matches=lambda module: isinstance(module, torch.nn.GLU))
+
+
+def test_breakdowns_parameter_is_the_table_asked():
+    """``breakdowns`` replaces the package's table: a breakdown added there writes its module out (the same output,
+    through the child, reported with its note, kept by ``copy()``, undone by ``remove()``); an empty table leaves
+    the package's own fused modules whole."""
+    modules = torch.nn.ModuleDict({"glu": torch.nn.GLU(), "attention": torch.nn.MultiheadAttention(4, 2)})
+    x = torch.randn(3, 8)
+    expected = modules["glu"](x)
+    canonizer = lrp.ResidualCanonizer(breakdowns=(*BREAKDOWNS, _glu_breakdown())).copy()
+    handles = canonizer.apply(modules)
+    try:
+        calls = []
+        modules["glu"].gated.register_forward_hook(lambda *args: calls.append(1))
+        torch.testing.assert_close(modules["glu"](x), expected)
+        assert calls and hasattr(modules["attention"], "attention")  # the package's own still apply
+        assert ("glu", "GLU", "written out by the test") in canonizer.untraced
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert not hasattr(modules["glu"], "gated") and "forward" not in modules["glu"].__dict__
+    assert lrp.ResidualCanonizer(breakdowns=()).apply(modules) == []
+    assert not hasattr(modules["attention"], "attention")

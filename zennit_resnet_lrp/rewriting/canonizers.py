@@ -5,7 +5,7 @@ A canonizer gives a model the form the rules need and is undone by ``remove()``,
 from __future__ import annotations
 
 import warnings
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torchvision.models.resnet import BasicBlock, Bottleneck
@@ -14,7 +14,7 @@ from zennit.types import BatchNorm, Linear
 
 from ..snapshot import ModelSnapshot
 from . import runtime_routing
-from .breakdowns import breakdown_for
+from .breakdowns import BREAKDOWNS, breakdown_for
 from .forward import TraceCache
 from .modules import ResidualSum
 from .tracing import ResidualTracingWarning, TraceFailure, may_add_or_gate, trace, traceable, whole_layers
@@ -119,6 +119,10 @@ class ResidualCanonizer(Canonizer):
         decide alike, which the tests check by comparing them).
     cache : TraceCache, optional
         Where the traces are kept (a new one by default; copies of this canonizer share it).
+    breakdowns : sequence, optional
+        The breakdowns that write fused modules out (:py:mod:`.breakdowns`), asked in order; the package's own
+        (``BREAKDOWNS``) by default. Pass ``(*BREAKDOWNS, mine)`` to add one without editing the package
+        (docs/howto-breakdown.md).
 
     Attributes
     ----------
@@ -128,8 +132,10 @@ class ResidualCanonizer(Canonizer):
     """
 
     def __init__(self, merge_batchnorm: bool = False, trace: bool = True, direct: bool = True,
-                 cache: TraceCache | None = None, runtime_only: bool = False) -> None:
+                 cache: TraceCache | None = None, runtime_only: bool = False,
+                 breakdowns: Sequence = BREAKDOWNS) -> None:
         self.merge_batchnorm, self.trace, self.direct, self.runtime_only = merge_batchnorm, trace, direct, runtime_only
+        self.breakdowns = tuple(breakdowns)
         self.cache = cache if cache is not None else TraceCache()
         self.untraced: list[tuple[str, str, str]] = []
 
@@ -142,8 +148,8 @@ class ResidualCanonizer(Canonizer):
         for name, module in list(root_module.named_modules()):
             if self.direct and _block_forward(module) is not None:
                 instances.append(_written_out(module))
-            elif "forward" not in module.__dict__ and breakdown_for(module) is not None:
-                instances += self._broken_down(name, module, breakdown_for(module))
+            elif "forward" not in module.__dict__ and breakdown_for(module, self.breakdowns) is not None:
+                instances += self._broken_down(name, module, breakdown_for(module, self.breakdowns))
             elif self.trace and traceable(module, whole) and "forward" not in module.__dict__:
                 # (an instance forward is someone else's rewrite: left alone)
                 instances += self._rewritten(name, module)
@@ -201,7 +207,8 @@ class ResidualCanonizer(Canonizer):
         """Nothing to undo here: the handles :py:meth:`apply` returned undo their module each."""
 
     def copy(self) -> "ResidualCanonizer":
-        return ResidualCanonizer(self.merge_batchnorm, self.trace, self.direct, self.cache, self.runtime_only)
+        return ResidualCanonizer(self.merge_batchnorm, self.trace, self.direct, self.cache, self.runtime_only,
+                                 self.breakdowns)
 
 
 class ModuleRewrite:

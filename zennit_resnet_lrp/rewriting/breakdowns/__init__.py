@@ -6,11 +6,12 @@ A breakdown is a module with three names: ``matches(module)``, whether it breaks
 ``decompose(module, name)``, which gives the module children and an instance forward through them and returns the
 children's names (None: left whole), all of which ``remove()`` of the canonizer takes away again; and ``NOTE``, what
 the canonizer reports of such a module in ``untraced`` (None: nothing). Adding one is adding it to
-:py:data:`BREAKDOWNS` (docs/howto-breakdown.md).
+:py:data:`BREAKDOWNS`, or passing ``ResidualCanonizer(breakdowns=(*BREAKDOWNS, mine))`` (docs/howto-breakdown.md).
 """
 from __future__ import annotations
 
 from types import ModuleType
+from typing import Sequence
 
 import torch
 
@@ -19,6 +20,13 @@ from . import multihead, recurrent, windows
 BREAKDOWNS: tuple[ModuleType, ...] = (multihead, recurrent, windows)
 
 
-def breakdown_for(module: torch.nn.Module) -> ModuleType | None:
-    """The breakdown that writes ``module`` out, or None."""
-    return next((breakdown for breakdown in BREAKDOWNS if breakdown.matches(module)), None)
+def breakdown_for(module: torch.nn.Module, breakdowns: Sequence = BREAKDOWNS) -> object | None:
+    """The first of ``breakdowns`` (the package's by default) that writes ``module`` out, or None.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+    breakdowns : sequence
+        Breakdowns in the order they are asked: modules (or any objects) with ``matches``, ``decompose`` and ``NOTE``.
+    """
+    return next((breakdown for breakdown in breakdowns if breakdown.matches(module)), None)
