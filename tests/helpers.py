@@ -1,6 +1,9 @@
 """Small deterministic builders the tests share: ResNets with randomized batch-norm statistics, seeded inputs."""
 from __future__ import annotations
 
+import struct
+import zlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -131,3 +134,14 @@ def build(name: str, seed: int = 0) -> torch.nn.Module:
         timm = pytest.importorskip("timm")  # skips this test alone where timm is missing
         model = timm.create_model(name, pretrained=False, num_classes=10)
     return randomize_batchnorm(model, seed).double().eval()
+
+
+def flat_png(path, width, height):
+    """A black 1-bit PNG of any size, compressed row by row (a 14000x14000 one: 0.1 MB, in 50 ms)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    compressor, row = zlib.compressobj(1), bytes(1 + -(-width // 8))
+    data = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+                     + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+    return path

@@ -6,7 +6,6 @@ import struct
 import subprocess
 import sys
 import warnings
-import zlib
 
 import numpy as np
 import pytest
@@ -16,6 +15,7 @@ from torchvision import transforms
 from torchvision.models import ResNet50_Weights
 
 import zennit_resnet_lrp as lrp
+from helpers import flat_png
 from zennit_resnet_lrp.application.images import (DEFAULT_MAX_PIXELS, ImageError, Preprocessing, open_image,
                                                    read_image)
 
@@ -111,17 +111,6 @@ def flat_jpeg(path, width, height):
               + _segment(0xDA, b"\x03" + b"".join(bytes([i, 0]) for i in (1, 2, 3)) + b"\x00\x3f\x00"))
     bits = 2 * 3 * -(-width // 8) * -(-height // 8)
     path.write_bytes(header + bytes(bits // 8) + (bytes([0xFF >> bits % 8]) if bits % 8 else b"") + b"\xff\xd9")
-    return path
-
-
-def flat_png(path, width, height):
-    """A black 1-bit PNG of any size, compressed row by row (a 14000x14000 one: 0.1 MB, in 50 ms)."""
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    compressor, row = zlib.compressobj(1), bytes(1 + -(-width // 8))
-    data = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
-                     + chunk(b"IDAT", data) + chunk(b"IEND", b""))
     return path
 
 

@@ -3,8 +3,6 @@ are explained; --max-pixels sets the limit for explain and check; a large photo 
 decoding."""
 import json
 import shutil
-import struct
-import zlib
 
 import numpy as np
 from click.testing import CliRunner
@@ -12,23 +10,13 @@ from PIL import Image
 
 from zennit_resnet_lrp.application.demo import demo_images
 from zennit_resnet_lrp.cli.main import cli
+from helpers import flat_png
 
 DIGITS = demo_images()
 
 
 def run(*args):
     return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-
-
-def flat_png(path, width, height):
-    """A black 1-bit PNG of any size, compressed row by row (a 14000x14000 one: 0.1 MB, in 50 ms)."""
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    compressor, row = zlib.compressobj(1), bytes(1 + -(-width // 8))
-    data = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
-                     + chunk(b"IDAT", data) + chunk(b"IEND", b""))
-    return path
 
 
 def errors(result):
