@@ -45,11 +45,12 @@ TIMM = {
     "mobilevitv2_050": (64, False), "vit_tiny_patch16_224": (32, True), "efficientformerv2_s0": (64, True),
     "coat_tiny": (32, True), "ghostnetv2_100": (64, False), "poolformerv2_s12": (32, False),
     "convit_tiny": (32, True), "efficientvit_b0": (64, False), "sequencer2d_s": (32, False),
+    "cait_xxs24_224": (32, True),  # talking heads: attention weights mixed after the softmax, then permuted
 }
 
 
 # the quick suite runs the lighter half; CI runs all (pytest -m slow)
-SLOW = ("sequencer2d_s", "coat_tiny", "efficientformerv2_s0", "ghostnetv2_100", "efficientnet_b0", "mobilevitv2_050")
+SLOW = ("sequencer2d_s", "coat_tiny", "cait_xxs24_224", "efficientformerv2_s0", "ghostnetv2_100", "efficientnet_b0", "mobilevitv2_050")
 
 
 @pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.slow) if name in SLOW else name

@@ -95,9 +95,19 @@ def structure(module: torch.nn.Module) -> tuple | None:
 
 
 def plain_attributes(module: torch.nn.Module) -> tuple:
-    """A module's plain attributes (tracing reads them as constants; a child's too, as in ``self.conv.stride``)."""
-    return tuple(sorted((key, value) for key, value in vars(module).items()
+    """A module's plain attributes (tracing reads them as constants; a child's too, as in ``self.conv.stride``),
+    lists and dicts among them as tuples, so that a module holding a configuration dict (timm's ``pretrained_cfg``)
+    still has a key."""
+    return tuple(sorted((key, _frozen(value)) for key, value in vars(module).items()
                         if not key.startswith("_") and key != "forward"))
+
+
+def _frozen(value):
+    if isinstance(value, (list, tuple)):
+        return tuple(_frozen(item) for item in value)
+    if isinstance(value, dict):
+        return tuple(sorted(((str(key), _frozen(item)) for key, item in value.items()), key=lambda pair: pair[0]))
+    return value
 
 
 def rewrite(module: torch.nn.Module) -> Rewrite | None:

@@ -174,10 +174,22 @@ def is_attention_weights(node: Node, module: torch.nn.Module, kinds: dict | None
     (EfficientFormer v2's "talking heads", a 1x1 convolution after the softmax)."""
     if is_gate(node, module, kinds, dependent):
         return True
-    if node.op != "call_module" or not node.args or not isinstance(node.args[0], Node):
+    node = _through_moves(node, module)  # CaiT's talking heads: dropout and permutes after the mixing
+    if node is None or node.op != "call_module" or not node.args or not isinstance(node.args[0], Node):
         return False
     return isinstance(child_of(module, node.target), _MIXING_MODULES) and is_gate(node.args[0], module, kinds,
                                                                                    dependent)
+
+
+def _through_moves(node: Node, module: torch.nn.Module) -> Node | None:
+    """``node`` with the operations that only move its values (reshapes, indexing, dropout, passive children) looked
+    through; None where what they move is not a node."""
+    while node.op in ("call_function", "call_method") and reshapes_only(node.op, node.target) or \
+            node.op == "call_module" and type(child_of(module, node.target)).__name__ in PASSIVE_CHILDREN:
+        node = node.args[0] if node.args else None
+        if not isinstance(node, Node):
+            return None
+    return node
 
 
 _MIXING_MODULES = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d)

@@ -12,12 +12,13 @@ equation, a sum's signs, a pool's size) runs a module made for it with its proto
 (:py:func:`run_with_rule_of`). ``F.linear`` and ``x @ W`` with a linear child's weight or a matrix of the module's own
 go through a linear child, as on the traced path.
 
-What tracing does and this does not: tokens of the model's own handed to a child as an argument are not marked; a
-sum merges the earlier sums among its operands even where they are used elsewhere too (the relevance reaching those
-other uses still goes through their own sums, so the split conserves either way); the skip of a sum is the forward's
-own argument where one is an operand, not the operand reached through the least computation (the same under every
-split but ``latest`` and ``simple``, whose identity skip gets nothing); zennit's hook path, which keeps one input set
-per module, does not run the rules of modules called more than once in a forward.
+Where it differs from tracing: a sum merges the earlier sums among its operands that nothing has used so far, even
+one used later too (the relevance reaching that later use still goes through its own sum, so both conserve); the
+skip of a sum is the forward's own argument where one is an operand, not the operand reached through the least
+computation (the same under every split but ``latest`` and ``simple``, whose identity skip gets nothing); a tensor
+counts as the model's own (a token, where a child is handed it beside input-dependent ones) when it is a parameter or
+buffer or computed from those alone in this forward; zennit's hook path, which keeps one input set per module, does
+not run the rules of modules called more than once in a forward.
 """
 from __future__ import annotations
 
@@ -97,13 +98,21 @@ class RoutedForward:
     module's prototypes by kind, its linear children by their weight, and remembers which of the modules the
     forward calls are gates (deciding that may trace them)."""
 
-    __slots__ = ("module", "children", "own", "gate_modules", "function", "linears")
+    __slots__ = ("module", "children", "own", "gate_modules", "function", "linears", "routing")
 
     def __init__(self, module: torch.nn.Module, children: dict[type, str], own: dict[int, tuple[str, str]],
                  function: Callable) -> None:
         self.module, self.children, self.own, self.function = module, children, own, function
         self.gate_modules: dict[int, bool] = {}
         self.linears: dict[int, str] | None = None  # id of a linear child's weight -> its name, made at first use
+        self.routing: set[int] | None = None  # ids of the children this routing added, made at first use
+
+    def routes_through(self, module: torch.nn.Module) -> bool:
+        """Whether ``module`` is one of the children this routing added (a prototype, a linear child)."""
+        if self.routing is None:
+            names = [*self.children.values(), *(name for pair in self.own.values() for name in pair)]
+            self.routing = {id(self.module.get_submodule(name)) for name in names}
+        return id(module) in self.routing
 
     def is_gate(self, module: torch.nn.Module) -> bool:
         if id(module) not in self.gate_modules:
@@ -157,6 +166,10 @@ class _Router(TorchFunctionMode, Facts):
         self.sums: dict[int, tuple[tuple, tuple]] = {}  # output of a routed sum -> (operands, signs)
         self.uses: dict[int, int] = {}  # output of a routed sum -> how often it was an argument so far
         self.running = False  # while a routing child runs: its output is marked by the operation it stands for
+        # tensors of the model's own (parameters, buffers) and those computed from them alone: handed to a child
+        # beside input-dependent ones, they are tokens (a class token given to CaiT's class-attention blocks)
+        self.model_tensors = {id(t) for t in (*self.module.parameters(), *self.module.buffers())}
+        self.own: dict[int, Tensor] = {}
 
     # -- the classifier's questions --
 
@@ -188,10 +201,37 @@ class _Router(TorchFunctionMode, Facts):
 
     # -- what the forward calls --
 
-    def enter(self, module, args) -> None:
-        if not self.depth:
+    def enter(self, module, args):
+        marked = None
+        if not self.depth and not self.running and not self.forward.routes_through(module):
             self._count_uses(args)
+            marked = self._tokens_for_child(args)
         self.depth += 1
+        return marked
+
+    def _tokens_for_child(self, args: tuple) -> tuple | None:
+        """A child called with tensors of the model's own beside input-dependent ones: those through a ``Token``, as
+        the traced path marks them (the arguments as they are, None, where there are none)."""
+        if not any(self.dependent(t) for t in _tensors(args)) or not any(self._is_own(t) for t in _tensors(args)):
+            return None
+        token = self.module.get_submodule(self.forward.children[Token])
+
+        def through_token(value):
+            if isinstance(value, (tuple, list)):
+                return type(value)(through_token(item) for item in value)
+            if isinstance(value, Tensor) and self._is_own(value):
+                self.running = True
+                try:
+                    return token(value)
+                finally:
+                    self.running = False
+            return value
+
+        return through_token(args)
+
+    def _is_own(self, value) -> bool:
+        return isinstance(value, Tensor) and value.is_floating_point() and not self.dependent(value) and (
+            id(value) in self.model_tensors or id(value) in self.own)
 
     def _count_uses(self, value) -> None:
         for tensor in _tensors(value):
@@ -203,10 +243,10 @@ class _Router(TorchFunctionMode, Facts):
         if self.depth or self.running or not _tensors(output) or not any(self.dependent(t) for t in _tensors((args, kwargs))):
             return
         given = [t for t in _tensors((args, kwargs)) if self.dependent(t)]
-        passive = type(module).__name__ in PASSIVE_CHILDREN and all(self.gate(t) for t in given)
-        gate = passive or self.forward.is_gate(module)
-        mixed = isinstance(module, _MIXING_MODULES) and all(self.gate(t) for t in given)
-        self._mark(output, gate=gate, weights=mixed)
+        passive = type(module).__name__ in PASSIVE_CHILDREN
+        gate = passive and all(self.gate(t) for t in given) or self.forward.is_gate(module)
+        weights = (passive or isinstance(module, _MIXING_MODULES)) and all(self.attention_weights(t) for t in given)
+        self._mark(output, gate=gate, weights=weights)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -219,8 +259,12 @@ class _Router(TorchFunctionMode, Facts):
         result = self._route(op, target, traced_args, kwargs)
         if result is None:
             result = func(*args, **kwargs)
-        if any(self.dependent(t) for t in _tensors((args, kwargs))):
-            self._mark(result, gate=self._keeps_gate(op, target, traced_args))
+        given = _tensors((args, kwargs))
+        if any(self.dependent(t) for t in given):
+            moved = reshapes_only(op, target) and bool(traced_args) and self.attention_weights(traced_args[0])
+            self._mark(result, gate=self._keeps_gate(op, target, traced_args), weights=moved)
+        elif any(id(t) in self.model_tensors or id(t) in self.own for t in given):
+            self.own.update((id(t), t) for t in _tensors(result))
         return result
 
     def _keeps_gate(self, op: str, target, args: tuple) -> bool:
