@@ -3,12 +3,16 @@
     python benchmarks/attribution.py                      # resnet18 and resnet50, batches 1, 8, 32, CPU
     python benchmarks/attribution.py --device cuda --autocast bf16
     python benchmarks/attribution.py --models resnet50,timm/resnet50 --batches 1,8   # timm's ResNet, traced
+    python benchmarks/attribution.py --models timm/vit_tiny_patch16_224,vit_b_16 --batches 1,8 \
+        --methods gradient,lxt_attnlrp,attnlrp,lxt_cp_lrp,cp_lrp,flows_skip_conservative   # against LXT 2.1
 
 Time: for each (model, batch) one process runs all methods round-robin, --repeats rounds after a warm-up round
 (CUDA events on a GPU). It reports each method's median in ms per image, and its ratio to the plain gradient as the
 median over rounds of (method time / gradient time in the same round): interleaving and per-round ratios keep the
-comparison fair on a machine whose speed drifts. Memory: every (model, batch, method) runs once more in a fresh process, so its peak is
-its own: on the CPU the growth of the peak resident set over the state before the first attribution, on a GPU
+comparison fair on a machine whose speed drifts. ``lxt_attnlrp`` and ``lxt_cp_lrp`` are LXT 2.1's own maps
+(``pip install --no-deps lxt==2.1``; benchmarks/lxt_reference.py): ``attnlrp`` and ``cp_lrp`` get their ratio to
+them, by round, in the last column. Memory: every (model, batch, method) runs once more in a fresh process, so its
+peak is its own: on the CPU the growth of the peak resident set over the state before the first attribution, on a GPU
 torch's peak allocation.
 """
 from __future__ import annotations
@@ -27,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 METHODS = ["gradient", "zennit_epsilon_plus_flat", "flows_skip_conservative", "flows_skip", "flows_skip_simple",
            "latest", "simple", "gradient@channels_last", "flows_skip_conservative@channels_last"]
 CHANNELS_LAST = "@channels_last"  # suffix: the same method on channels-last inputs
+LXT = "lxt_"  # prefix: LXT's own map of the variant named after it (benchmarks/lxt_reference.py)
 
 
 def make_call(model_name: str, batch: int, spec: str, device: str, size: int):
@@ -66,10 +71,18 @@ def make_call(model_name: str, batch: int, spec: str, device: str, size: int):
         composite = lrp.make_composite(name)
         return lambda: lrp.attribute(model, inputs, composite, target=targets, start_with="one", tolerance=None)
 
+    def lxt(variant):
+        from benchmarks.lxt_reference import load_lxt, lxt_relevance
+
+        reference = load_lxt()
+        return lambda: lxt_relevance(reference, variant, model, inputs, targets)
+
     if method == "gradient":
         return gradient
     if method == "zennit_epsilon_plus_flat":
         return zennit
+    if method.startswith(LXT):
+        return lxt(method.removeprefix(LXT))
     return ours(method)
 
 
@@ -96,7 +109,8 @@ def timed(call, device: str, autocast: str | None) -> float:
 
 
 def time_all(model_name: str, batch: int, methods: list[str], device: str, repeats: int, autocast, size) -> dict:
-    """``{method: (median ms per image, median of the per-round ratios to the gradient)}``."""
+    """``{method: (median ms per image, median of the per-round ratios to the gradient, median of the per-round
+    ratios to LXT's map of the same variant or None)}``."""
     calls = {method: make_call(model_name, batch, method, device, size) for method in methods}
     times = {method: [] for method in methods}
     for round_index in range(repeats + 1):
@@ -104,12 +118,12 @@ def time_all(model_name: str, batch: int, methods: list[str], device: str, repea
             elapsed = timed(call, device, autocast)
             if round_index:  # the first round warms up
                 times[method].append(elapsed)
-    base = times.get("gradient")
-    return {
-        method: (1000 * statistics.median(values) / batch,
-                 statistics.median(v / b for v, b in zip(values, base)) if base else float("nan"))
-        for method, values in times.items()
-    }
+
+    def ratio(values, base):
+        return statistics.median(v / b for v, b in zip(values, base)) if base else float("nan")
+    return {method: (1000 * statistics.median(values) / batch, ratio(values, times.get("gradient")),
+                     ratio(values, times[LXT + method]) if LXT + method in times else None)
+            for method, values in times.items()}
 
 
 def peak_memory(model_name: str, batch: int, method: str, device: str, autocast, size) -> float:
@@ -187,19 +201,23 @@ def main() -> None:
         for batch in map(int, args.batches.split(",")):
             times = child(f"time:{model}:{batch}:{','.join(methods)}")
             for method in methods:
-                milliseconds, ratio = times[method]
+                milliseconds, ratio, to_lxt = times[method]
                 rows.append({"model": model, "batch": batch, "method": method, "ms_per_image": milliseconds,
-                             "time_ratio": ratio, "peak_mb": child(f"memory:{model}:{batch}:{method}")})
+                             "time_ratio": ratio, "lxt_ratio": to_lxt,
+                             "peak_mb": child(f"memory:{model}:{batch}:{method}")})
                 print(f"  {model} batch {batch} {method}: {milliseconds:.0f} ms/image ({ratio:.2f}x), "
                       f"{rows[-1]['peak_mb']:.0f} MB", file=sys.stderr, flush=True)
-    print("| model | batch | method | ms / image | x gradient | peak MB | x gradient |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    lxt_column = any(row["lxt_ratio"] is not None for row in rows)  # time of ours / LXT's, same variant
+    print("| model | batch | method | ms / image | x gradient | peak MB | x gradient |"
+          + (" x LXT |" if lxt_column else ""))
+    print("| --- | --- | --- | --- | --- | --- | --- |" + (" --- |" if lxt_column else ""))
     for row in rows:
         base = next(r for r in rows if r["model"] == row["model"] and r["batch"] == row["batch"]
                     and r["method"] == "gradient")
         print(f"| {row['model']} | {row['batch']} | {row['method']} | {row['ms_per_image']:.0f} | "
               f"{row['time_ratio']:.2f} | {row['peak_mb']:.0f} | "
-              f"{row['peak_mb'] / max(base['peak_mb'], 1e-9):.2f} |")
+              f"{row['peak_mb'] / max(base['peak_mb'], 1e-9):.2f} |"
+              + (f" {row['lxt_ratio']:.2f} |" if row["lxt_ratio"] is not None else " |" if lxt_column else ""))
 
 
 if __name__ == "__main__":

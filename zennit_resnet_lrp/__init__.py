@@ -15,7 +15,7 @@ from .attribution import (
     AttributionError, START_WITH, TrainingModeWarning, attribute, check_conservation, locate_violation,
 )
 from .composites import (
-    DEFAULT_METHOD, IMAGENET_MEAN, IMAGENET_STD, PAPER_VARIANTS, AttnLRP, FlowsSkip, FlowsSkipConservative,
+    DEFAULT_METHOD, IMAGENET_MEAN, IMAGENET_STD, PAPER_VARIANTS, AttnLRP, CpLRP, FlowsSkip, FlowsSkipConservative,
     FlowsSkipSimple, Latest, ResidualComposite, ResNetLRP, Simple, box_bounds,
 )
 from .registry import (

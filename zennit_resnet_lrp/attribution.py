@@ -229,7 +229,8 @@ def _registered(model, composite, watch) -> Iterator[tuple[RelevanceRecorder | N
                 composite.register(model)
             if watch is not None:
                 modules = dict(model.named_modules())
-                recorder = RelevanceRecorder({name: modules[name] for name in watch(model)}).register()
+                recorder = RelevanceRecorder({name: modules[name] for name in watch(model)},
+                                             gradient_form=getattr(composite, "gradient_form", False)).register()
             absorption = AbsorptionRecorder(model).register()
             yield recorder, absorption
         finally:

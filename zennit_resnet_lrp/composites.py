@@ -1,25 +1,30 @@
-"""Composites: the paper's four variants, the recommended conservative default and AttnLRP's rules beside it, each a
-class registered in ``zennit.composites.COMPOSITES`` by name. zennit's composites with Relevance Splitting, and
-turning a name into a ready composite: :py:mod:`.registry`."""
+"""Composites: the paper's four variants, the recommended conservative default, and AttnLRP and CP-LRP as their
+authors' library LXT computes them beside it, each a class registered in ``zennit.composites.COMPOSITES`` by name.
+zennit's composites with Relevance Splitting, and turning a name into a ready composite: :py:mod:`.registry`."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Sequence
 
 import torch
 from zennit.canonizers import Canonizer
-from zennit.composites import SpecialFirstLayerMapComposite, register_composite
+from zennit.composites import LayerMapComposite, SpecialFirstLayerMapComposite, register_composite
 from zennit.core import Hook
 from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetBottleneckCanonizer, ResNetCanonizer
 from zennit.types import BatchNorm
 
 from .rewriting import (
-    AttentionProduct, Fold, FunctionalPool, GatedProduct, MatrixProduct, Pad, Product, ResidualCanonizer, ResidualSum,
-    Scale, SumOver, activation_types, normalization_types,
+    AttentionProduct, Fold, FunctionalNorm, FunctionalPool, GatedProduct, MatrixProduct, Pad, Product,
+    ResidualCanonizer, ResidualSum, Scale, SumOver, Token, TokenConcat, activation_types, normalization_types,
 )
+from .rewriting.modules import FunctionCall
 from .rules import (
     DROP, FLAT, AttentionValues, BilinearSplit, CopiesBack, FlatInputZPlus, FoldSplit, GateAsWeight,
     MaxPoolAverageStandIn, MaxPoolProportional, MaxPoolWinnerTakesAll, PaddingToEdge, PassThrough, PoolProportional,
-    ReductionSplit, RelevanceSplit, SoftmaxRule, UniformSplit, ZPlus,
+    ReductionSplit, RelevanceSplit, UniformSplit, ZPlus,
+)
+from .rules.lxt import (
+    CentredNormRule, ConstantFactors, GradientRule, IdentityRule, TokenRule, UniformRule, over_output, times_input,
 )
 from .snapshot import ModelSnapshot, freeze_parameters, thaw_parameters
 
@@ -295,16 +300,93 @@ class FlowsSkipConservative(FlowsSkip):
     epsilon, maxpool, unsupported, first_rule = 0.0, "proportional", FLAT, "zplus"
 
 
-@register_composite("attnlrp")
-class AttnLRP(FlowsSkipConservative):
-    """The default with AttnLRP's rules for attention (Achtibat et al. 2024), for comparison: relevance flows through
-    the attention weights too, by the bilinear rule at the products (the epsilon rule over the contracted index, half
-    to each factor) and the softmax rule; neither conserves relevance exactly."""
+class GradientForm(ResidualComposite, LayerMapComposite):
+    """Base of the transformer composites as LXT (the AttnLRP authors' library) computes them: gradient times input
+    (:py:mod:`~zennit_resnet_lrp.rules.lxt`). What flows backward between modules is ``g``, the relevance of a
+    tensor ``t`` being ``t g``: the model's input gets ``R = x g`` and its output turns the relevance put in into
+    ``g = R / y``, so that the relevance at the input and at the model's tokens is what LXT's ``x * x.grad`` gives.
+    Every layer without a rule of its own here is LRP-0 by its gradient (linear layers, convolutions, sums, the
+    softmax, scales, an added position embedding), as LXT leaves it.
 
-    rule_losses = ("AttnLRP's bilinear and softmax rules at attention do not conserve exactly",)
+    Relevance is not conserved (biases absorb some; AttnLRP's softmax and bilinear rules do not add up): use the
+    default to keep it.
+
+    Parameters
+    ----------
+    layer_map : list of (types, Hook), optional
+        Entries put in front of this composite's own table, as in zennit.
+    canonizers : list of Canonizer, optional
+        Further canonizers; the residual canonizer is always applied.
+    """
+
+    conservative = False
+    gradient_form = True  # what reaches a tensor in the backward pass is g; its relevance is the tensor times g
+    loss_reasons: Sequence[str] = (
+        "LXT's rules do not conserve: biases (linear layers, layer norms, position embeddings) absorb relevance",
+    )
+
+    def __init__(self, *, layer_map: LayerMap | None = None, canonizers: Sequence[Canonizer] | None = None) -> None:
+        layer_map = list(layer_map or []) + [
+            ((TokenConcat, Token), TokenRule()),
+            *self.product_rules(),
+            ((torch.nn.LayerNorm, FunctionalNorm, FunctionCall), CentredNormRule()),
+            (BatchNorm, GradientRule()),  # in eval mode an affine map: LRP-0, its bias absorbing
+            ((*normalization_types(), *activation_types()), IdentityRule()),
+            (torch.nn.Module, GradientRule()),  # every other layer: its gradient, LRP-0
+        ]
+        super().__init__(layer_map=layer_map, canonizers=self._with_residual_canonizer(canonizers))
 
     @staticmethod
-    def attention_rules(rule_args: dict) -> LayerMap:
-        fast = rule_args["fast"]
-        return [((AttentionProduct, MatrixProduct), BilinearSplit("signed", fast=fast)),
-                (torch.nn.Softmax, SoftmaxRule(fast=fast))]
+    def product_rules() -> LayerMap:
+        """The rules of the products of input-dependent tensors."""
+        raise NotImplementedError
+
+    def register(self, module: torch.nn.Module, snapshot: bool = True) -> None:
+        """Canonize ``module`` and register the rules, and the conversions at its input and output (see
+        :py:meth:`ResidualComposite.register` for ``snapshot``)."""
+        super().register(module, snapshot)
+        # the conversions at the model's boundary: relevance in, gradient through, relevance out
+        self.handles.append(module.register_forward_pre_hook(_inputs_times))
+        self.handles.append(module.register_forward_hook(_outputs_over))
+
+
+def _inputs_times(module: torch.nn.Module, args: tuple):
+    return tuple(times_input(x) if isinstance(x, torch.Tensor) and x.requires_grad else x for x in args)
+
+
+def _outputs_over(module: torch.nn.Module, args: tuple, output):
+    if isinstance(output, torch.Tensor):
+        return over_output(output) if output.requires_grad else output
+    if isinstance(output, (tuple, list)):
+        return type(output)(_outputs_over(module, args, item) for item in output)
+    if isinstance(output, Mapping):  # a dict, a Hugging Face ModelOutput: its tensors in place
+        for key, value in list(output.items()):
+            if isinstance(value, torch.Tensor) and value.requires_grad:
+                output[key] = over_output(value)
+    return output
+
+
+@register_composite("attnlrp")
+class AttnLRP(GradientForm):
+    """AttnLRP (Achtibat et al. 2024) exactly as LXT 2.1 computes it, tested against LXT on torchvision's and timm's
+    ViTs: not conserving. LRP-0 by the gradient at linear layers and sums (biases and the position embedding absorb),
+    layer norms with their standard deviation held constant, the identity rule at activations (LXT's stabiliser
+    1e-10), the softmax rule, and half to each factor of ``q k^T`` and ``A v`` (the uniform rule). For comparison with
+    the default, which conserves."""
+
+    @staticmethod
+    def product_rules() -> LayerMap:
+        return [((MatrixProduct, Product, GatedProduct), UniformRule())]
+
+
+@register_composite("cp_lrp")
+class CpLRP(GradientForm):
+    """CP-LRP (Ali et al. 2022) as LXT 2.1 ships it for torchvision's ViT, and for timm's ViTs too: not conserving.
+    LXT's ``cp_LRP`` (``lxt.efficient.models.vit_torch``): AttnLRP's rules outside attention, and inside it the
+    attention weights held constant, so that the values get LRP-0 through ``v -> A v`` and the queries and keys
+    nothing; a gate is held constant too."""
+
+    @staticmethod
+    def product_rules() -> LayerMap:
+        return [(AttentionProduct, ConstantFactors((0,))), (GatedProduct, ConstantFactors((1,))),
+                ((MatrixProduct, Product), UniformRule())]

@@ -57,16 +57,22 @@ class RelevanceRecorder:
     ----------
     modules : dict of str to Module
         The modules to watch, by name.
+    gradient_form : bool
+        What reaches a tensor in the backward pass is a gradient whose product with the tensor is its relevance (a
+        composite that computes in gradient-times-input form, as ``attnlrp`` and ``cp_lrp`` do): record that product.
     """
 
-    def __init__(self, modules: dict[str, torch.nn.Module]) -> None:
-        self.modules = modules
+    def __init__(self, modules: dict[str, torch.nn.Module], gradient_form: bool = False) -> None:
+        self.modules, self.gradient_form = modules, gradient_form
         self.sums: dict[tuple[str, str], list[torch.Tensor]] = {}
         self.handles: list = []
 
-    def _store(self, name: str, where: str):
+    def _store(self, name: str, where: str, tensor: torch.Tensor):
+        factor = tensor.detach() if self.gradient_form else None  # kept only where the relevance needs it
+
         def hook(grad: torch.Tensor) -> None:
-            self.sums.setdefault((name, where), []).append(_per_sample_sum(grad))
+            relevance = grad if factor is None else grad * factor
+            self.sums.setdefault((name, where), []).append(_per_sample_sum(relevance))
         return hook
 
     def register(self) -> "RelevanceRecorder":
@@ -88,14 +94,14 @@ class RelevanceRecorder:
             args = list(args)
             for index in watched:
                 args[index] = args[index].clone()
-                args[index].register_hook(self._store(name, f"input{index}"))
+                args[index].register_hook(self._store(name, f"input{index}", args[index]))
             return tuple(args)
         return hook
 
     def _output_hook(self, name):
         def hook(module, args, output):
             if isinstance(output, torch.Tensor) and output.requires_grad:
-                output.register_hook(self._store(name, "output"))
+                output.register_hook(self._store(name, "output", output))
         return hook
 
     def _skip_hook(self, name):
@@ -104,7 +110,7 @@ class RelevanceRecorder:
             if not args[index].requires_grad:
                 return None
             watched = args[index].clone()
-            watched.register_hook(self._store(name, "skip"))
+            watched.register_hook(self._store(name, "skip", watched))
             return (*args[:index], watched, *args[index + 1:])
         return hook
 

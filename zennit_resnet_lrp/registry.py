@@ -57,7 +57,7 @@ class EpsilonAlpha2Beta1Split(SplitCounterpart, EpsilonAlpha2Beta1):
 OUR_COMPOSITES = {
     name: COMPOSITES[name] for name in (
         DEFAULT_METHOD, *PAPER_VARIANTS, "epsilon_plus_flat_split", "epsilon_gamma_box_split",
-        "epsilon_alpha2_beta1_split", "attnlrp",
+        "epsilon_alpha2_beta1_split", "attnlrp", "cp_lrp",
     )
 }
 

@@ -103,12 +103,14 @@ def test_faithfulness_ranking_on_convnext(tmp_path):
 
 @pytest.mark.slow
 def test_faithfulness_ranking_on_vit(tmp_path):
-    """ViT (attention, class token): the default clears AttnLRP, attention rollout, the gradient and random.
-    Integrated gradients is not among them: it scores higher on this model (docs/evaluation.md)."""
-    methods = ["flows_skip_conservative", "attnlrp", "gradient", "attention_rollout", "random"]
+    """ViT (attention, class token): the default clears attention rollout, the gradient and random. Integrated
+    gradients, and AttnLRP and CP-LRP as LXT computes them, are not among them: they score higher on this model
+    (docs/evaluation.md)."""
+    methods = ["flows_skip_conservative", "gradient", "attention_rollout", "random"]
     scores = _id_scores(tmp_path, "demo-mnist-vit", methods)
     ours = scores.pop("flows_skip_conservative")
-    # measured on these 100 digits: ours 0.774, rollout 0.712, AttnLRP 0.704, gradient 0.246, random 0.013
-    margins = {"attnlrp": 0.03, "attention_rollout": 0.03, "gradient": 0.3, "random": 0.5}
+    # measured on these 100 digits: ours 0.774, rollout 0.712, gradient 0.246, random 0.013 (AttnLRP 0.944, CP-LRP
+    # 0.873)
+    margins = {"attention_rollout": 0.03, "gradient": 0.3, "random": 0.5}
     for method, margin in margins.items():
         assert ours >= scores[method] + margin, (method, ours, scores[method])

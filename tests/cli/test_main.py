@@ -413,7 +413,7 @@ def test_methods_is_a_table_with_whole_descriptions():
     assert lines[0].split() == ["method", "kind", "implementation", "commands", "description"]
     assert set(lines[1]) <= {"-", " "}
     text = " ".join(" ".join(lines).split())
-    assert "(Achtibat et al. 2024), for comparison" in text and "neither conserves relevance exactly" in text
+    assert "(Achtibat et al. 2024) exactly as LXT 2.1 computes it" in text and "timm's ViTs: not conserving" in text
 
 
 def test_no_progress_lines_when_stderr_is_not_a_terminal(tmp_path):

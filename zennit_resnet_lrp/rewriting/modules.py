@@ -218,13 +218,21 @@ class AttentionProduct(MatrixProduct):
 
 
 class Attention(torch.nn.Module):
-    """Scaled dot-product attention decomposed into modules the rules see: ``logits`` (``q @ k^T``, scaled, masked),
-    ``softmax`` and ``values`` (the weights applied to ``v``). Canonizers route ``F.scaled_dot_product_attention``
-    (and ``nn.MultiheadAttention``) through it; it computes what the fused call computes, up to float rounding.
-    Called as ``F.scaled_dot_product_attention`` is (dropout is not applied: attribution runs in eval mode)."""
+    """Scaled dot-product attention decomposed into modules the rules see: ``scale`` (the query times the scale),
+    ``logits`` (``q @ k^T``, masked), ``softmax`` and ``values`` (the weights applied to ``v``). Canonizers route
+    ``F.scaled_dot_product_attention`` (and ``nn.MultiheadAttention``) through it; it computes what the fused call
+    computes, up to float rounding. Called as ``F.scaled_dot_product_attention`` is (dropout is not applied:
+    attribution runs in eval mode).
+
+    Between these modules only operations whose gradient hands each entry's relevance on unchanged run: the keys'
+    transpose, the heads' repetition (grouped-query attention: the copies' relevance is summed back), a boolean mask
+    (masked logits get nothing) and a float mask added as a constant (the logits keep all relevance). The scale is a
+    module of its own so that its rule, not the gradient (which would multiply the query's relevance by it), says
+    what crosses it."""
 
     def __init__(self) -> None:
         super().__init__()
+        self.scale = Scale()
         self.logits, self.softmax, self.values = MatrixProduct(), torch.nn.Softmax(-1), AttentionProduct()
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask=None,
@@ -234,7 +242,7 @@ class Attention(torch.nn.Module):
             repeat = query.shape[-3] // key.shape[-3]
             key, value = key.repeat_interleave(repeat, -3), value.repeat_interleave(repeat, -3)
         scale = query.shape[-1] ** -0.5 if scale is None else scale
-        logits = self.logits(query * scale, key.transpose(-2, -1))
+        logits = self.logits(self.scale(query, scale), key.transpose(-2, -1))
         if is_causal:
             length, source = query.shape[-2], key.shape[-2]
             attn_mask = torch.ones(length, source, dtype=torch.bool, device=query.device).tril()

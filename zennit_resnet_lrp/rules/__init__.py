@@ -6,7 +6,8 @@ here knows how a model's operations became modules: that is :py:mod:`zennit_resn
 - :py:mod:`.maps`: the linear maps rules redistribute through (convolutions, pools, padding);
 - :py:mod:`.splits`: sums (Relevance Splitting), products, gates, layers that pass relevance;
 - :py:mod:`.zplus`: the z+ family (convolutions, linear layers), the flat-input first rule;
-- :py:mod:`.pools`: pools, upsampling, padding; :py:mod:`.attention`: attention; :py:mod:`.patches`: unfold, fold.
+- :py:mod:`.pools`: pools, upsampling, padding; :py:mod:`.attention`: attention; :py:mod:`.patches`: unfold, fold;
+- :py:mod:`.lxt`: AttnLRP and CP-LRP in the gradient-times-input form LXT computes them in (``attnlrp``, ``cp_lrp``).
 """
 from .core import RelevanceRule
 from .splits import GateAsWeight, PassThrough, ReductionSplit, RelevanceSplit, UniformSplit
@@ -16,3 +17,4 @@ from .pools import (
 )
 from .attention import AttentionValues, BilinearSplit, SoftmaxRule
 from .patches import CopiesBack, FoldSplit
+from .lxt import CentredNormRule, ConstantFactors, GradientRule, IdentityRule, TokenRule, UniformRule
