@@ -150,7 +150,8 @@ def run_options(command=None, *, several_weights: bool = False):
                      callback=_load_config, help="JSON run configuration (see configs/); flags override it."),
         click.option("--model", default=DEFAULT_DEMO, show_default=True,
                      help=f"torchvision classifier (resnet50, convnext_tiny, vit_b_16, ...), {TIMM_PREFIX}NAME for any "
-                          "timm model (timm/resnet50d; needs timm), or a shipped demo model."),
+                          "timm model (timm/resnet50d; needs timm), hf/FOLDER for a Hugging Face image classifier "
+                          "(a saved folder or cached name; needs transformers), or a shipped demo model."),
         click.option("--weights", default=None, multiple=several_weights, help=weights_help),
         click.option("--num-classes", type=click.IntRange(min=1), default=None, help="Output classes (200 for CUB)."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),

@@ -1,10 +1,12 @@
-"""Models in: torchvision's classifiers by name, timm models (``timm/<name>``, with timm installed), torchvision
-weights, local checkpoints, random weights, shipped demo models."""
+"""Models in: torchvision's classifiers by name, timm models (``timm/<name>``, with timm installed), Hugging Face image
+classifiers (``hf/<folder or name>``, with transformers installed), torchvision weights, local checkpoints, random
+weights, shipped demo models."""
 from __future__ import annotations
 
 import dataclasses
 import math
 import os
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +30,8 @@ class UnknownNameError(ModelError):
 RANDOM_WEIGHTS = "random"
 # model names with this prefix are timm's (architectures; weights from a local checkpoint)
 TIMM_PREFIX = "timm/"
+# model names with this prefix are Hugging Face image classifiers (a saved folder, or a name in the local cache)
+HF_PREFIX = "hf/"
 
 # torchvision's image classifiers, by name (resnet50, convnext_tiny, vit_b_16, swin_t, ...)
 TORCHVISION_MODELS = tuple(torchvision.models.list_models(module=torchvision.models))
@@ -68,11 +72,14 @@ def load_model(
     ----------
     name : str
         A torchvision classifier's name (``resnet50``, ``convnext_tiny``, ``vit_b_16``, ...), ``timm/<name>`` for
-        any timm model (``timm/resnet50d``; needs the ``[timm]`` extra), or a shipped demo model (``demo-mnist``).
+        any timm model (``timm/resnet50d``; needs the ``[timm]`` extra), ``hf/<folder or name>`` for a Hugging Face
+        image classifier saved in a folder or the local cache (needs the ``[hf]`` extra), or a shipped demo model
+        (``demo-mnist``).
     weights : str or path, optional
         A torchvision weights name (``IMAGENET1K_V1``, ``DEFAULT``; downloaded and cached by torchvision), a local
         checkpoint (a state_dict, or a dict holding one under ``state_dict`` or ``model``; read with
-        ``weights_only=True``), ``"random"``, or None (a demo model's shipped weights; random for the others).
+        ``weights_only=True``), ``"random"``, or None (a demo model's shipped weights, a Hugging Face model's own;
+        random for the others).
     num_classes : int, optional
         Output classes, for a new head (200 for CUB).
     device : str or torch.device
@@ -91,12 +98,15 @@ def _load(name, weights, num_classes, device) -> LoadedModel:
         loaded = _demo(name, weights, num_classes)
     elif name.startswith(TIMM_PREFIX):
         loaded = _timm(name, weights, num_classes)
+    elif name.startswith(HF_PREFIX):
+        loaded = _hf(name, weights, num_classes)
     elif name in TORCHVISION_MODELS:
         loaded = _torchvision(name, weights, num_classes)
     else:
         raise UnknownNameError(f"unknown model {name!r}; choose a torchvision classifier (resnet50, convnext_tiny, "
                                f"vit_b_16, ...: torchvision.models.list_models()), a demo model "
-                               f"({', '.join(DEMO_MODELS)}), or {TIMM_PREFIX}<name> for a timm model")
+                               f"({', '.join(DEMO_MODELS)}), {TIMM_PREFIX}<name> for a timm model, or "
+                               f"{HF_PREFIX}<folder or name> for a Hugging Face one")
     loaded.model = loaded.model.eval().to(device)
     return loaded
 
@@ -137,6 +147,109 @@ def _timm_class_names(model: torch.nn.Module) -> list[str] | None:
     if subset is None:
         return None
     return [description.split(",")[0] for description in ImageNetInfo(subset).label_descriptions()]
+
+
+def _hf(name, weights, num_classes) -> LoadedModel:
+    """A Hugging Face image classifier from a folder or the local cache (nothing is downloaded): its own weights, a
+    checkpoint, or random weights from its config; preprocessed as its image processor says."""
+    try:
+        import transformers
+    except ImportError:
+        raise ModelError(f"{name} needs transformers: pip install 'zennit-resnet-lrp[hf]'") from None
+    path = name[len(HF_PREFIX):]
+    own = weights is None
+    if not (own or _random(weights) or _looks_like_path(weights)):
+        raise UnknownNameError(f"weights for {name} are its own (no --weights), a checkpoint file or "
+                               f"{RANDOM_WEIGHTS!r}, not {weights!r}")
+    config = _hf_call(transformers.AutoConfig.from_pretrained, path)
+    if own and num_classes not in (None, config.num_labels):
+        raise UnknownNameError(f"{name} has {config.num_labels} classes, not {num_classes}; drop --num-classes or "
+                               f"use --weights {RANDOM_WEIGHTS} or a checkpoint file")
+    if own:
+        model = _hf_call(transformers.AutoModelForImageClassification.from_pretrained, path)
+    else:
+        config.num_labels = num_classes or config.num_labels
+        model = _hf_call(transformers.AutoModelForImageClassification.from_config, path, config)
+        if not _random(weights):
+            load_checkpoint(model, weights, name)
+    return LoadedModel(model, name, _hf_preprocessing(path, model.config), _hf_class_names(config) if own else None,
+                       path if own else (None if _random(weights) else str(weights)))
+
+
+def _hf_call(function, path: str, config=None):
+    """``function(path)`` (or ``function(config)``) from local files only, without transformers' progress bars;
+    its errors as :py:class:`ModelError`."""
+    from transformers.utils import logging
+
+    shown = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()  # "Loading weights" bars on stderr, between our own lines
+    try:
+        return function(config) if config is not None else function(path, local_files_only=True)
+    except (OSError, ValueError) as error:
+        if isinstance(error, OSError) or (Path(path).is_dir() and not (Path(path) / "config.json").is_file()):
+            where = ("this folder holds no config.json and weights" if Path(path).is_dir() else
+                     "no such folder, nor a name in the local Hugging Face cache")
+            raise ModelError(f"{path}: {where}; save a model there with model.save_pretrained(folder), or download "
+                             "it where there is internet (hf download NAME)") from None
+        # a config transformers does not know, or knows but not as an image classifier
+        raise ModelError(f"{path} is not a Hugging Face image classifier: {str(error).splitlines()[0]}") from None
+    finally:
+        if shown:
+            logging.enable_progress_bar()
+
+
+def _hf_class_names(config) -> list[str] | None:
+    """The class names of a Hugging Face config's ``id2label``, or None where they are the generic ``LABEL_n``."""
+    labels = [config.id2label.get(index, str(index)) for index in range(config.num_labels)]
+    return None if all(re.fullmatch(r"LABEL_\d+", label) for label in labels) else labels
+
+
+def _hf_preprocessing(path: str, config) -> Preprocessing:
+    """The preprocessing of a Hugging Face model's image processor, as near as a shorter-side resize and a center
+    crop come (a resize to height x width is one of a square side); without one, the config's image size and
+    ImageNet's statistics."""
+    from transformers import AutoImageProcessor
+
+    channels = getattr(config, "num_channels", 3)
+    try:
+        processor = AutoImageProcessor.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError):  # no preprocessor_config.json
+        side = getattr(config, "image_size", None)
+        side = min(side) if isinstance(side, (tuple, list)) else side
+        return Preprocessing(resize=side, crop=side, channels=channels) if side else Preprocessing(channels=channels)
+    size = _sides(processor.size) if getattr(processor, "do_resize", True) else None
+    crop = _sides(processor.crop_size) if getattr(processor, "do_center_crop", False) else None
+    shortest = _side(processor.size, "shortest_edge") if size else None
+    crop_pct = getattr(processor, "crop_pct", None)
+    if shortest and crop_pct and shortest < 384 and not crop:  # ConvNeXt's: resize to side / crop_pct, crop the side
+        size, crop = int(shortest / crop_pct), shortest
+    normalise = getattr(processor, "do_normalize", True)
+    mean = tuple(processor.image_mean) if normalise else (0.0,) * channels
+    std = tuple(processor.image_std) if normalise else (1.0,) * channels
+    resample = getattr(processor, "resample", None)
+    if isinstance(resample, int):  # a PIL constant, as older saved processors hold it
+        from PIL import Image
+
+        resample = Image.Resampling(resample)
+    interpolation = getattr(resample, "name", "bilinear").lower()
+    return Preprocessing(resize=size or 0, crop=crop or size or 0, mean=mean, std=std, channels=channels,
+                         interpolation=interpolation)
+
+
+def _side(size, key: str) -> int | None:
+    """One entry of an image processor's size (a dict or a ``SizeDict``)."""
+    return size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+
+
+def _sides(size) -> int | None:
+    """The square side an image processor's size stands for: its shortest edge, or the smaller of height and width."""
+    if isinstance(size, int):
+        return size
+    if size is None:
+        return None
+    shortest = _side(size, "shortest_edge")
+    sides = [side for side in (_side(size, "height"), _side(size, "width")) if side]
+    return shortest or (min(sides) if sides else None)
 
 
 def _torchvision(name, weights, num_classes) -> LoadedModel:
@@ -262,7 +375,7 @@ class ModelSpec:
     def implicitly_random(self) -> bool:
         """No weights were given for a model that has no shipped ones: its weights are random without being asked
         for."""
-        return not self.weights and self.name not in DEMO_MODELS
+        return not self.weights and self.name not in DEMO_MODELS and not self.name.startswith(HF_PREFIX)
 
     def load(self, weights: str | None = None) -> LoadedModel:
         """The model with ``weights`` (this spec's when not given), the preprocessing overrides applied; raises
