@@ -138,8 +138,8 @@ class RelevanceRecorder:
 
 class AbsorptionRecorder:
     """Finds where relevance ends on the model's own tokens: the constant operands of every
-    :py:class:`~zennit_resnet_lrp.layer.TokenConcat` (a class token, distillation or register tokens) and the input of
-    every :py:class:`~zennit_resnet_lrp.layer.Token`, made leaves
+    :py:class:`~zennit_resnet_lrp.rewriting.modules.TokenConcat` (a class token, distillation or register tokens) and the input of
+    every :py:class:`~zennit_resnet_lrp.rewriting.modules.Token`, made leaves
     during the forward pass so that the attribution can ask autograd for their relevance (:py:meth:`take`)."""
 
     def __init__(self, model: torch.nn.Module) -> None:

@@ -97,13 +97,13 @@ def _block_forward(module: torch.nn.Module) -> Callable | None:
 
 class ResidualCanonizer(Canonizer):
     """Route every residual addition of a model through a :py:class:`ResidualSum`, and every multiplicative gate
-    through a :py:class:`~zennit_resnet_lrp.layer.GatedProduct`.
+    through a :py:class:`~zennit_resnet_lrp.rewriting.modules.GatedProduct`.
 
     torchvision's ``BasicBlock`` and ``Bottleneck`` (resnet18-152, resnext, wide_resnet and models built from them)
     get a forward written out for them. Every other module whose forward is its own code is traced with ``torch.fx``
-    (:py:mod:`zennit_resnet_lrp.tracing`), module by module: timm's ResNets, pre-activation blocks, RegNet,
+    (:py:mod:`.tracing`), module by module: timm's ResNets, pre-activation blocks, RegNet,
     squeeze-excitation and hand-written blocks. A module that cannot be traced has its operations routed while it
-    runs (:py:mod:`zennit_resnet_lrp.runtime_routing`), and is listed in :py:attr:`untraced`.
+    runs (:py:mod:`.runtime_routing`), and is listed in :py:attr:`untraced`.
 
     Parameters
     ----------

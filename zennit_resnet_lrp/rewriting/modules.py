@@ -179,7 +179,7 @@ class Elementwise(torch.nn.Module):
 
 class FunctionCall(torch.nn.Module):
     """An activation, normalisation or other elementwise function called in a forward that is routed while it runs
-    (:py:mod:`~zennit_resnet_lrp.runtime_routing`): the function and its further arguments come with each call,
+    (:py:mod:`~zennit_resnet_lrp.rewriting.runtime_routing`): the function and its further arguments come with each call,
     ``call(input, function=F.gelu, arguments=(), keywords={})``, so one module serves every such call; it passes
     relevance as activations and normalisation layers do."""
 

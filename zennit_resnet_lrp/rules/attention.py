@@ -25,7 +25,7 @@ class _Weighted:
 
 
 class AttentionValues(PositiveProportional):
-    """For an :py:class:`~zennit_resnet_lrp.layer.AttentionProduct` ``A @ v``: the weights ``A`` held constant, the
+    """For an :py:class:`~zennit_resnet_lrp.rewriting.modules.AttentionProduct` ``A @ v``: the weights ``A`` held constant, the
     values get z+ through the linear map ``v -> A v``: ``R_v = v+ * A+^T (R / z) + v- * A-^T (R / z)`` with
     ``z = A+ v+ + A- v-`` (per head and value channel), spread by ``|A|`` where ``z = 0``; the weights get nothing.
     For a softmax's weights (non-negative) this is ``v+ * A^T (R / (A v+))``; signed weights come from mixing the
@@ -55,7 +55,7 @@ class AttentionValues(PositiveProportional):
 
 class BilinearSplit(RelevanceRule):
     """For a product of two input-dependent tensors contracted over an index, ``out_ik = sum_j a_ij b_jk`` (a
-    :py:class:`~zennit_resnet_lrp.layer.MatrixProduct`, or an attention product under AttnLRP): the relevance of each
+    :py:class:`~zennit_resnet_lrp.rewriting.modules.MatrixProduct`, or an attention product under AttnLRP): the relevance of each
     output goes to the terms ``a_ij b_jk`` in proportion to them, then half to each factor (the uniform rule).
 
     Parameters

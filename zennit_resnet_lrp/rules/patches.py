@@ -36,7 +36,7 @@ class CopiesBack(RelevanceRule):
 class FoldSplit(RelevanceSplit):
     """Relevance Splitting at a fold, a sum of overlapping columns: each output pixel's relevance is split over the
     column entries that land on it, ``|x_i| / sum_j |x_j|`` of it (ratio; evenly where all are 0) or evenly
-    (symmetric), as at any other sum. See :py:class:`~.rules.RelevanceSplit` for the parameters."""
+    (symmetric), as at any other sum. See :py:class:`~.splits.RelevanceSplit` for the parameters."""
 
     keeps = (0,)
 

@@ -18,7 +18,7 @@ class PassThrough(RelevanceRule):
     """Relevance passes unchanged (batch norm and activations in the paper's rules).
 
     The same as zennit's ``Pass``, run on this package's fast path
-    (see :py:class:`~zennit_resnet_lrp.core.RelevanceRule`).
+    (see :py:class:`~zennit_resnet_lrp.rules.core.RelevanceRule`).
     """
 
     keeps = ()
@@ -28,7 +28,7 @@ class PassThrough(RelevanceRule):
 
 
 class GateAsWeight(RelevanceRule):
-    """For a :py:class:`~zennit_resnet_lrp.layer.GatedProduct` ``features * gate``: the gate acts as a weight, so all
+    """For a :py:class:`~zennit_resnet_lrp.rewriting.modules.GatedProduct` ``features * gate``: the gate acts as a weight, so all
     relevance goes to the gated features and none to the gate (squeeze-excitation, ECA, ...)."""
 
     keeps = ()
@@ -39,7 +39,7 @@ class GateAsWeight(RelevanceRule):
 
 
 class UniformSplit(RelevanceRule):
-    """For a :py:class:`~zennit_resnet_lrp.layer.Product` of input-dependent factors: each of the ``n`` factors gets
+    """For a :py:class:`~zennit_resnet_lrp.rewriting.modules.Product` of input-dependent factors: each of the ``n`` factors gets
     ``R / n`` (the last what the others leave, so the parts add up to ``R`` exactly). For ``a * b`` this is the
     Shapley value of the product with respect to the zero baseline (each factor is worth ``ab / 2``), the uniform rule
     of AttnLRP (Achtibat et al. 2024); the gradient would hand the full relevance to both."""
@@ -68,7 +68,7 @@ class RelevanceSplit(RelevanceRule):
     epsilon : float
         The stabiliser of the ``signed`` mode (zennit's default, 1e-6).
     fast : bool
-        See :py:class:`~zennit_resnet_lrp.core.RelevanceRule`.
+        See :py:class:`~zennit_resnet_lrp.rules.core.RelevanceRule`.
     """
 
     MODES = ("ratio", "symmetric", "signed")
@@ -135,7 +135,7 @@ class RelevanceSplit(RelevanceRule):
 
 
 class ReductionSplit(RelevanceSplit):
-    """Relevance Splitting at a :py:class:`~zennit_resnet_lrp.layer.SumOver`, the sum of the slices of one tensor along
+    """Relevance Splitting at a :py:class:`~zennit_resnet_lrp.rewriting.modules.SumOver`, the sum of the slices of one tensor along
     a dimension: slice ``i`` gets ``|x_i| / sum_j |x_j|`` of ``R`` (ratio; an even split where all are 0) or ``1/n``
     (symmetric). See :py:class:`RelevanceSplit` for the parameters (an identity skip does not arise)."""
 

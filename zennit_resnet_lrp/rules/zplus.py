@@ -33,7 +33,7 @@ class PositiveProportional(RelevanceRule):
         by a bias, for instance). ``drop``: it is lost, as in the reference. ``flat``: it is spread over the unit's
         inputs as if the input were all ones (:py:meth:`flat_maps`).
     fast : bool
-        See :py:class:`~zennit_resnet_lrp.core.RelevanceRule`.
+        See :py:class:`~zennit_resnet_lrp.rules.core.RelevanceRule`.
     """
 
     # True where f(a) >= 0 for every input (z+ maps): cheaper, sign-free arithmetic

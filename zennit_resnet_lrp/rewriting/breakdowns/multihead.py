@@ -36,7 +36,7 @@ def decompose(module: torch.nn.MultiheadAttention, name: str) -> list[str] | Non
 def _forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
                        average_attn_weights=True, is_causal=False):
     """``nn.MultiheadAttention``'s forward through explicit modules: the projections as linear layers, the attention
-    as an :py:class:`~zennit_resnet_lrp.layer.Attention`; the same output (no attention weights returned)."""
+    as an :py:class:`~zennit_resnet_lrp.rewriting.modules.Attention`; the same output (no attention weights returned)."""
     if not self.batch_first:
         query, key, value = (tensor.transpose(0, 1) for tensor in (query, key, value))
     batch, length, width = query.shape
