@@ -176,7 +176,9 @@ def _score_chunk(job: _Job, chunk: Sequence[Sample]) -> int:
     pixels, kept = [], []
     for sample in todo:
         try:
-            pixels.append(job.loaded.preprocessing.pixels(open_image(sample.path)))
+            # decoded at the size the preprocessing needs, as explain and check decode it: the same model input
+            prep = job.loaded.preprocessing
+            pixels.append(prep.pixels(open_image(sample.path, prep.decode_side)))
             kept.append(sample)
         except ImageError as error:
             job.failures.append((str(sample.path), str(error)))
