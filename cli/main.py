@@ -212,9 +212,9 @@ def _explain_warnings(run: RunOptions, outcome, images: int) -> None:
         click.echo(f"note: removed the {earlier.removed} file(s) an earlier run had written to this output folder",
                    err=True)
     if earlier.unknown:
+        more = ", ..." if len(earlier.unknown) > 3 else ""
         click.echo(f"warning: {len(earlier.unknown)} heatmap file(s) in the output folder are not from this run "
-                   f"(left as they were): {', '.join(earlier.unknown[:3])}{', ...' if len(earlier.unknown) > 3 else ''}",
-                   err=True)
+                   f"(left as they were): {', '.join(earlier.unknown[:3])}{more}", err=True)
     for path, note in outcome.notes:
         click.echo(f"note: {path}: {note}", err=True)
     if outcome.unlike_digits:
@@ -236,12 +236,10 @@ def _loss_cause(loss) -> str:
     violation = loss.violation
     if violation is None:
         return ""
-    causes = violation.causes()
-    if violation.reasons and not violation.uncovered and not violation.functions and violation.ratio <= 1:
-        return f": {causes}; {lrp.DEFAULT_METHOD} conserves"
-    where = ", ".join(str(place) for place in violation.places[:3])
-    parts = [part for part in (causes, f"it changes in {where}" if where else "") if part]
-    return f": {'; '.join(parts)}; see {COVERAGE_NOTES}" if parts else f"; see {COVERAGE_NOTES}"
+    if violation.by_design:
+        return f": {violation.explanation()}; {lrp.DEFAULT_METHOD} conserves"
+    explanation = violation.explanation()
+    return f": {explanation}; see {COVERAGE_NOTES}" if explanation else f"; see {COVERAGE_NOTES}"
 
 
 @cli.command()

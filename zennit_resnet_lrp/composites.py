@@ -68,15 +68,18 @@ class ResidualComposite:
     ----------
     merge_batchnorm : bool
         Whether the residual canonizer also merges batch norms (zennit's rule tables expect that).
-    conservative : bool
-        Whether the rules promise ``sum of input relevance == start``.
     loss_reasons : list of str
         Where the rules lose relevance by design (empty where they conserve): what a warning says.
+    conservative : bool
+        Whether the rules promise ``sum of input relevance == start``: where they name no loss.
     """
 
     merge_batchnorm = False
-    conservative = False
     loss_reasons: Sequence[str] = ("its rules do not promise conservation",)
+
+    @property
+    def conservative(self) -> bool:
+        return not self.loss_reasons
 
     def __init__(self, *args, **kwargs) -> None:
         self._snapshot: ModelSnapshot | None = None
@@ -220,7 +223,6 @@ class ResNetLRP(ResidualComposite, SpecialFirstLayerMapComposite):
             ("the reference's average stand-in for max-pooling leaks",
              not isinstance(maxpool_rule, (MaxPoolProportional, MaxPoolWinnerTakesAll))),
         ) if loses)]
-        self.conservative = not self.loss_reasons
         layer_map = list(layer_map or []) + [
             (ResidualSum, RelevanceSplit(self.split, self.split_identity, fast=fast)),
             (SumOver, ReductionSplit(self.split, fast=fast)),
@@ -319,7 +321,6 @@ class GradientForm(ResidualComposite, LayerMapComposite):
         Further canonizers; the residual canonizer is always applied.
     """
 
-    conservative = False
     gradient_form = True  # what reaches a tensor in the backward pass is g; its relevance is the tensor times g
     loss_reasons: Sequence[str] = (
         "LXT's rules do not conserve: biases (linear layers, layer norms, position embeddings) absorb relevance",

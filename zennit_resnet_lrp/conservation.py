@@ -209,13 +209,20 @@ class Violation:
     def causes(self) -> str:
         """What the rules leave to a gradient, or why the method loses relevance: one clause, or ""."""
         parts = [f"{kind} at '{name}' has no rule" for name, kind in self.uncovered[:3]]
-        parts += [f"custom autograd function {name} passes relevance by its own backward" for name in self.functions[:3]]
+        parts += [f"custom autograd function {name} passes relevance by its own backward"
+                  for name in self.functions[:3]]
         if self.reasons and self.ratio <= 1:
             parts.append(f"by design: {'; '.join(self.reasons)}")
         return "; ".join(parts)
 
-    def message(self) -> str:
-        """How far off the sample is, why, and where relevance grows or is lost."""
+    @property
+    def by_design(self) -> bool:
+        """Whether the loss is the method's own (its stated reasons) and nothing else was found."""
+        return bool(self.reasons) and self.ratio <= 1 and not self.uncovered and not self.functions
+
+    def explanation(self) -> str:
+        """Why and where, as ``;``-separated clauses ("" where nothing is known): what the rules leave to a
+        gradient, the method's own reasons, and where relevance grows or is lost."""
         where = ", ".join(str(place) for place in self.places[:3])
         clauses = [self.causes()] if self.causes() else []
         if where and self.ratio > 1 and not self.uncovered and not self.functions:
@@ -224,8 +231,14 @@ class Violation:
                            "zennit_resnet_lrp.ResidualSum().add(residual, skip)")
         elif where:
             clauses.append(f"it {'grows' if self.ratio > 1 else 'is lost'} in {where}")
+        return "; ".join(clauses)
+
+    def message(self) -> str:
+        """How far off the sample is, why, and where relevance grows or is lost."""
+        explanation = self.explanation()
         return (f"input relevance is {self.ratio:.4g} x the start relevance for sample {self.sample} "
-                f"(error {self.error:.2e} > tolerance {self.tolerance:.0e})" + "".join(f"; {c}" for c in clauses))
+                f"(error {self.error:.2e} > tolerance {self.tolerance:.0e})"
+                + (f"; {explanation}" if explanation else ""))
 
 
 def locate(records: list[ModuleRelevance], start: float, tolerance: float, modules: dict) -> list[Place]:
