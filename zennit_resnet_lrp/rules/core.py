@@ -62,8 +62,14 @@ class RelevanceRule(Hook):
     def relevance(self, module: torch.nn.Module, inputs: tuple, relevance: torch.Tensor):
         """The relevance of each input of ``module`` (a tensor for a module of one input, else a tuple; None gives an
         input no relevance), given its ``inputs`` (None where :py:attr:`keeps` leaves one out) and the ``relevance``
-        of its output."""
+        of its output. A rule whose :py:meth:`keeps_output` says so gets the module's output as ``output=`` too."""
         raise NotImplementedError
+
+    def keeps_output(self, module: torch.nn.Module, inputs: tuple) -> bool:
+        """Whether :py:meth:`relevance` reads the module's output for these ``inputs`` (asked as the forward runs):
+        a rule may reuse what the forward computed anyway. The output reaches it only if nothing modified it in
+        place since (else ``output`` is None and the rule computes without it)."""
+        return False
 
     # -- the machinery: what each path keeps, and the rule's result made to fit the inputs --
 
@@ -76,11 +82,14 @@ class RelevanceRule(Hook):
                          for x in kept)
         return kept
 
-    def propagate(self, module: torch.nn.Module, kept: tuple, shapes: tuple, relevance: torch.Tensor) -> tuple:
+    def propagate(self, module: torch.nn.Module, kept: tuple, shapes: tuple, relevance: torch.Tensor,
+                  output: torch.Tensor | None = None) -> tuple:
         """:py:meth:`relevance` as one tensor per input: an input's relevance summed to its shape where it was
         broadcast, zeros where the rule gives it none (zennit's hooks on that branch expect a tensor), None for an
-        input that is not a tensor (``shapes`` holds None there)."""
-        result = self.relevance(module, kept, relevance)
+        input that is not a tensor (``shapes`` holds None there). ``output``: the module's, where
+        :py:meth:`keeps_output` asked for it and it is unchanged."""
+        result = (self.relevance(module, kept, relevance) if output is None
+                  else self.relevance(module, kept, relevance, output=output))
         if not isinstance(result, tuple):
             result = (result,)
         result = result + (None,) * (len(shapes) - len(result))  # inputs the rule does not name get none
@@ -113,10 +122,13 @@ class RelevanceRule(Hook):
         self.stored_tensors["inputs"] = tuple(x.detach() if isinstance(x, torch.Tensor) else x
                                               for x in self.kept(input))
         self.stored_tensors["shapes"] = _shapes(input)
+        self.stored_tensors["output"] = KeptOutput.of(output) if self.keeps_output(module, input) else None
 
     def backward(self, module, grad_input, grad_output):
         shapes = self.stored_tensors["shapes"]
-        result = self.propagate(module, self.stored_tensors["inputs"], shapes, grad_output[0])
+        kept_output = self.stored_tensors.get("output")
+        result = self.propagate(module, self.stored_tensors["inputs"], shapes, grad_output[0],
+                                kept_output.unchanged() if kept_output is not None else None)
         return tuple(value for value, shape in zip(result, shapes) if shape is not None)  # as pre_forward wrapped
 
     # -- the fast path, and how zennit finds the rule --
@@ -142,6 +154,25 @@ class RelevanceRule(Hook):
         return clone
 
 
+class KeptOutput:
+    """A module's output kept for its rule, without its graph (a detached view: the output's graph would hold the
+    node that holds it, a reference cycle), and the version it had: in-place operations later in the forward (an
+    in-place activation) change it, and then it is not what the module computed."""
+
+    __slots__ = ("tensor", "version")
+
+    def __init__(self, tensor: torch.Tensor) -> None:
+        self.tensor, self.version = tensor.detach(), tensor._version  # a detached view shares the version counter
+
+    @classmethod
+    def of(cls, output) -> "KeptOutput | None":
+        return cls(output) if isinstance(output, torch.Tensor) else None
+
+    def unchanged(self) -> torch.Tensor | None:
+        """The output if nothing modified it in place since it was kept, else None."""
+        return self.tensor if self.tensor._version == self.version else None
+
+
 def _shapes(inputs: tuple) -> tuple:
     return tuple(x.shape if isinstance(x, torch.Tensor) else None for x in inputs)
 
@@ -163,6 +194,7 @@ class _Propagate(torch.autograd.Function):
         # costs a quarter more memory on a ResNet, and nothing writes into those in place
         if isinstance(output, torch.Tensor) and output._base is not None:
             output = output.clone()
+        ctx.output = KeptOutput.of(output) if rule.keeps_output(module, inputs) else None
         return output
 
     @staticmethod
@@ -172,7 +204,9 @@ class _Propagate(torch.autograd.Function):
             kept[index] = tensor
         # no relevance made for inputs autograd does not want it for (detached silent ones, constants)
         shapes = tuple(shape if wanted else None for shape, wanted in zip(ctx.shapes, ctx.needs_input_grad[3:]))
-        return (None, None, None, *ctx.rule.propagate(ctx.module, tuple(kept), shapes, relevance))
+        output = ctx.output.unchanged() if ctx.output is not None else None
+        ctx.output = None  # released with the relevance pass, as the saved inputs are
+        return (None, None, None, *ctx.rule.propagate(ctx.module, tuple(kept), shapes, relevance, output))
 
 
 class ForwardOverride:
@@ -225,3 +259,11 @@ class ForwardOverride:
             module.__dict__["forward"] = self.previous
         self.marker.remove()
         self.module = None
+
+
+def runs_class_forward(module: torch.nn.Module) -> bool:
+    """Whether ``module`` computes with its class's own forward (through this package's override or not), not with an
+    instance forward a canonizer or user put in its place: only then is its output known to be what its class
+    computes."""
+    forward = vars(module).get("forward")
+    return forward is None or (isinstance(forward, ForwardOverride) and forward.previous is None)

@@ -98,20 +98,38 @@ def padded(input: torch.Tensor, padding: tuple[int, int, int, int] | None) -> tu
     return F.pad(input, padding), lambda vector: vector[..., top:top + height, left:left + width]
 
 
+def closed_form(module: torch.nn.Module) -> bool:
+    """Whether the map of ``module`` (a linear layer or a convolution) has its transpose in closed form here."""
+    if isinstance(module, torch.nn.Linear):
+        return True
+    return (isinstance(module, torch.nn.modules.conv._ConvNd)
+            and not isinstance(module, torch.nn.modules.conv._ConvTransposeNd)
+            and module.padding_mode == "zeros" and not isinstance(module.padding, str))
+
+
+def weighted_transpose(module: torch.nn.Module, input: torch.Tensor, weight: torch.Tensor) -> Transpose:
+    """The transpose of ``module``'s map of ``input`` with ``weight``, for a module with a :py:func:`closed_form`:
+    the transpose alone, for a map whose image is known without computing it."""
+    if isinstance(module, torch.nn.Linear):
+        return lambda vector: vector @ weight
+    source, crop = padded(input, same_padding(module, input))
+    transpose = convolution_transpose(source, weight, module.stride, module.padding, module.dilation, module.groups)
+    return lambda vector: crop(transpose(vector))
+
+
 def weighted_map(module: torch.nn.Module, input: torch.Tensor, weight: torch.Tensor) -> tuple:
     """``(f(input), transpose of f)`` for the convolution (also transposed) or linear layer ``module`` with ``weight`` in place of its
     own and no bias, padded as its forward pads; the transpose in closed form where there is one."""
     with torch.no_grad():
         if isinstance(module, torch.nn.Linear):
-            return F.linear(input, weight), lambda vector: vector @ weight
+            return F.linear(input, weight), weighted_transpose(module, input, weight)
         if isinstance(module, torch.nn.modules.conv._ConvTransposeNd):  # upsampling: its forward's output padding
             transposed = getattr(F, f"conv_transpose{input.ndim - 2}d")
             return linearised(lambda x: transposed(x, weight, None, module.stride, module.padding,
                                                    module.output_padding, module.groups, module.dilation), input)
-        if module.padding_mode == "zeros" and not isinstance(module.padding, str):
+        if closed_form(module):
             source, crop = padded(input, same_padding(module, input))
-            output = module._conv_forward(source, weight, None)
             transpose = convolution_transpose(source, weight, module.stride, module.padding, module.dilation,
                                               module.groups)
-            return output, lambda vector: crop(transpose(vector))
+            return module._conv_forward(source, weight, None), lambda vector: crop(transpose(vector))
     return linearised(lambda x: module._conv_forward(x, weight, None), input)

@@ -10,8 +10,9 @@ from typing import Iterator
 
 import torch
 
-from .core import RelevanceRule
-from .maps import Transpose, effective_weight, layout, weighted_map
+from .core import RelevanceRule, runs_class_forward
+from .maps import (_SAME, _STANDARDISED, Transpose, closed_form, effective_weight, layout, weighted_map,
+                   weighted_transpose)
 
 DROP = "drop"
 FLAT = "flat"
@@ -115,19 +116,102 @@ def _clamped_weight(module: torch.nn.Module, like: torch.Tensor, negative: bool 
     return torch.clamp(weight, **({"max": 0} if negative else {"min": 0}), out=result)
 
 
+# the forwards known to compute ``W a + b`` with the module's effective weight, padded as weighted_map pads: only
+# their output is reused for ``W a``
+_PRODUCT_FORWARDS = (torch.nn.Linear.forward, torch.nn.Conv1d.forward, torch.nn.Conv2d.forward,
+                     torch.nn.Conv3d.forward)
+
+
+def computes_product(module: torch.nn.Module) -> bool:
+    """Whether ``module``'s output is ``W a + b`` with its effective weight and a transpose in closed form: a linear
+    layer or convolution of torch's or timm's ("same"-padded, weight-standardised) own, running its class's forward."""
+    known = type(module).forward in _PRODUCT_FORWARDS or type(module).__name__ in _SAME | _STANDARDISED
+    return known and closed_form(module) and runs_class_forward(module)
+
+
 class ZPlus(PositiveProportional):
     """LRP z+ for convolutions and linear layers, as the paper uses it:
     ``R_i = a_i sum_k W+_ik R_k / (sum_i' a_i' W+_i'k + epsilon)``.
 
     Unlike zennit's ``ZPlus``, biases are always ignored, the stabiliser is added, not signed, and relevance at
     outputs no input supports can be spread flat (``unsupported``). Signed inputs get the full z+,
-    ``a+ W+ + a- W-``. Two deviations from the reference implementation (docs/method.md, deviations): it zeroes the
-    biases of linear layers only and keeps those of convolutions (torchvision's ResNets have none), and it applies
-    ``a W+`` whatever the sign of ``a`` (its ResNets never give a convolution a signed input). See
-    :py:class:`PositiveProportional` for the parameters.
+    ``a+ W+ + a- W-``, computed as ``(W a + |W| |a|) / 2`` with ``W a`` taken from the module's own output (one
+    product more than the forward instead of two; units where the two terms cancel to rounding get the two-halves
+    value, see :py:attr:`cancellation`). Two deviations from the reference implementation (docs/method.md,
+    deviations): it zeroes the biases of linear layers only and keeps those of convolutions (torchvision's ResNets
+    have none), and it applies ``a W+`` whatever the sign of ``a`` (its ResNets never give a convolution a signed
+    input). See :py:class:`PositiveProportional` for the parameters.
     """
 
     nonnegative_map = True
+    # a unit's z = (W a + |W||a|) / 2 is recomputed in the two-halves form where 2 z <= (|W||a| + |b|) times this
+    # power of the dtype's epsilon: its rounding error, about epsilon times |W||a| + |b|, is then at most
+    # epsilon^(1 - cancellation) of z (float32: 2.6e-5 at worst, float64: 2.2e-12; units carrying most of
+    # the relevance are far from the bound)
+    cancellation = 1 / 4
+
+    def keeps_output(self, module, inputs):
+        input = inputs[0]
+        return (isinstance(input, torch.Tensor) and input.is_floating_point() and computes_product(module)
+                and bool(input.amin() < 0))
+
+    def relevance(self, module, inputs, relevance, output=None):
+        input = inputs[0]
+        if output is None or output.dtype != input.dtype:  # modified since, or computed at another precision
+            return self.proportional(module, input, relevance)
+        return self.signed_from_output(module, input, output, relevance)
+
+    def signed_from_output(self, module: torch.nn.Module, input: torch.Tensor, output: torch.Tensor,
+                           relevance: torch.Tensor) -> torch.Tensor:
+        """z+ of a signed ``input`` given the module's ``output``: ``z = (W a + |W| |a|) / 2`` with ``W a`` the output
+        less the bias, and ``R_in = (a * W^T s + |a| * |W|^T s) / 2`` for ``s = R / z``; the same as
+        :py:meth:`proportional` on the two halves ``a+ W+ + a- W-``, whose value the units that cancel get."""
+        with torch.no_grad():
+            weight = effective_weight(module)
+            magnitude = torch.abs(weight, out=torch.empty_like(
+                weight, memory_format=layout(input) if weight.ndim == 4 else torch.contiguous_format))
+            absolute = input.abs()
+            size, size_transpose = weighted_map(module, absolute, magnitude)
+            bias = _bias_of(module, output)
+            doubled = size + output if bias is None else (output - bias).add_(size)
+            slack = size if bias is None else size + bias.abs()
+            tolerance = torch.finfo(output.dtype).eps ** self.cancellation
+            cancelled = doubled <= slack.mul_(tolerance)
+            del slack
+            parts = []
+            if bool(cancelled.any()):
+                parts = self.maps(module, input)  # the two halves (a signed input), exact where z is small
+                exact = sum(out for _, out, _ in parts).mul_(2)
+                doubled = torch.where(cancelled, exact, doubled)
+                del exact
+            z = doubled.mul_(0.5)
+            return self._redistribute(module, (input, absolute), z, relevance, cancelled, parts,
+                                      (weight, size_transpose))
+
+    def _redistribute(self, module, inputs, z, relevance, cancelled, parts, transposes):
+        """``R_in`` for ``s = R / z``: the units that cancelled through the two halves' transposes, the others through
+        ``(a W^T s + |a| |W|^T s) / 2``."""
+        input, absolute = inputs
+        weight, size_transpose = transposes
+        tiny = torch.finfo(z.dtype).tiny ** 0.5
+        unsupported = (cancelled & (z <= tiny)) if self.unsupported == FLAT and parts else None
+        denominator = z.add_(self.epsilon) if self.epsilon else z.clamp_min_(tiny)
+        scaled = denominator.reciprocal_().mul_(relevance)
+        if unsupported is not None:
+            scaled.masked_fill_(unsupported, 0)
+        result = None
+        if parts:
+            slow = scaled * cancelled
+            scaled.masked_fill_(cancelled, 0)
+            result = sum(transpose(slow).mul_(part) for part, _, transpose in parts)
+        fast = weighted_transpose(module, input, weight)(scaled).mul_(input)
+        fast.addcmul_(size_transpose(scaled), absolute).mul_(0.5)
+        result = fast if result is None else result.add_(fast)
+        if unsupported is not None:
+            stray = relevance * unsupported
+            if bool(stray.any()):
+                result = result + self._spread_flat(module, input, stray)
+        return result
 
     def maps(self, module, input):
         if not bool(input.amin() < 0):
@@ -142,12 +226,27 @@ class ZPlus(PositiveProportional):
         yield weighted_map(module, ones, _clamped_weight(module, ones, fill=1.0))  # where W+ is all zero: evenly
 
 
+def _bias_of(module: torch.nn.Module, output: torch.Tensor) -> torch.Tensor | None:
+    """The module's bias shaped to broadcast over its ``output`` (channels second for convolutions, last for linear
+    layers), or None."""
+    bias = getattr(module, "bias", None)
+    if bias is None:
+        return None
+    bias = bias.detach()
+    if isinstance(module, torch.nn.Linear):
+        return bias
+    return bias.reshape(-1, *([1] * (output.ndim - 2)))
+
+
 class FlatInputZPlus(ZPlus):
     """z+ with the input replaced by ones, for the first convolution:
     ``R_i = sum_k W+_ik R_k / (sum_i' W+_i'k + epsilon)``, independent of the pixel values.
 
     Unlike zennit's ``Flat`` (all weights 1) this keeps ``W+``, as the reference does.
     """
+
+    def keeps_output(self, module, inputs):
+        return False  # its map is that of an input of ones, not the module's own
 
     def maps(self, module, input):
         ones = torch.ones_like(input)
