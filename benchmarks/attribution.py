@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-METHODS = ["gradient", "zennit_epsilon_plus_flat", "flows_skip_conservative", "flows_skip", "flows_skip_simple",
+METHODS = ["gradient", "zennit_epsilon_plus_flat", "captum_lrp", "flows_skip_conservative", "flows_skip", "flows_skip_simple",
            "latest", "simple", "gradient@channels_last", "flows_skip_conservative@channels_last"]
 CHANNELS_LAST = "@channels_last"  # suffix: the same method on channels-last inputs
 LXT = "lxt_"  # prefix: LXT's own map of the variant named after it (benchmarks/lxt_reference.py)
@@ -71,6 +71,14 @@ def make_call(model_name: str, batch: int, spec: str, device: str, size: int):
         composite = lrp.make_composite(name)
         return lambda: lrp.attribute(model, inputs, composite, target=targets, start_with="one", tolerance=None)
 
+    def captum():
+        # captum's LRP with its default rules (epsilon; ReLU, pooling and batch norm passed through): it supports
+        # convolutional networks of modules only, and raises on the others (a layer norm, a functional add)
+        from captum.attr import LRP
+
+        explainer = LRP(model)
+        return lambda: explainer.attribute(inputs, target=targets)
+
     def lxt(variant):
         from benchmarks.lxt_reference import load_lxt, lxt_relevance
 
@@ -81,6 +89,8 @@ def make_call(model_name: str, batch: int, spec: str, device: str, size: int):
         return gradient
     if method == "zennit_epsilon_plus_flat":
         return zennit
+    if method == "captum_lrp":
+        return captum()
     if method.startswith(LXT):
         return lxt(method.removeprefix(LXT))
     return ours(method)
@@ -110,20 +120,28 @@ def timed(call, device: str, autocast: str | None) -> float:
 
 def time_all(model_name: str, batch: int, methods: list[str], device: str, repeats: int, autocast, size) -> dict:
     """``{method: (median ms per image, median of the per-round ratios to the gradient, median of the per-round
-    ratios to LXT's map of the same variant or None)}``."""
-    calls = {method: make_call(model_name, batch, method, device, size) for method in methods}
-    times = {method: [] for method in methods}
-    for round_index in range(repeats + 1):
+    ratios to LXT's map of the same variant or None)}``, or ``{method: "raises: <why>"}`` for a method that does not
+    run on this model (a peer that does not support its layers)."""
+    calls, failed = {}, {}
+    for method in methods:  # built and run once: the warm-up, and whether the method runs on this model at all
+        try:
+            calls[method] = make_call(model_name, batch, method, device, size)
+            timed(calls[method], device, autocast)
+        except Exception as error:  # noqa: BLE001 - a peer's failure is a row of the table, not the end of the run
+            calls.pop(method, None)
+            failed[method] = f"raises: {type(error).__name__}: {str(error).splitlines()[0][:80] if str(error) else ''}"
+    if "gradient" in failed:
+        raise RuntimeError(f"the gradient baseline failed on {model_name}: {failed['gradient']}")
+    times = {method: [] for method in calls}
+    for _ in range(repeats):
         for method, call in calls.items():
-            elapsed = timed(call, device, autocast)
-            if round_index:  # the first round warms up
-                times[method].append(elapsed)
+            times[method].append(timed(call, device, autocast))
 
     def ratio(values, base):
         return statistics.median(v / b for v, b in zip(values, base)) if base else float("nan")
-    return {method: (1000 * statistics.median(values) / batch, ratio(values, times.get("gradient")),
-                     ratio(values, times[LXT + method]) if LXT + method in times else None)
-            for method, values in times.items()}
+    return {**{method: (1000 * statistics.median(values) / batch, ratio(values, times.get("gradient")),
+                        ratio(values, times[LXT + method]) if LXT + method in times else None)
+               for method, values in times.items()}, **failed}
 
 
 def peak_memory(model_name: str, batch: int, method: str, device: str, autocast, size) -> float:
@@ -201,17 +219,25 @@ def main() -> None:
         for batch in map(int, args.batches.split(",")):
             times = child(f"time:{model}:{batch}:{','.join(methods)}")
             for method in methods:
+                if isinstance(times[method], str):  # does not run on this model
+                    rows.append({"model": model, "batch": batch, "method": method, "failed": times[method]})
+                    print(f"  {model} batch {batch} {method}: {times[method]}", file=sys.stderr, flush=True)
+                    continue
                 milliseconds, ratio, to_lxt = times[method]
                 rows.append({"model": model, "batch": batch, "method": method, "ms_per_image": milliseconds,
                              "time_ratio": ratio, "lxt_ratio": to_lxt,
                              "peak_mb": child(f"memory:{model}:{batch}:{method}")})
                 print(f"  {model} batch {batch} {method}: {milliseconds:.0f} ms/image ({ratio:.2f}x), "
                       f"{rows[-1]['peak_mb']:.0f} MB", file=sys.stderr, flush=True)
-    lxt_column = any(row["lxt_ratio"] is not None for row in rows)  # time of ours / LXT's, same variant
+    lxt_column = any(row.get("lxt_ratio") is not None for row in rows)  # time of ours / LXT's, same variant
     print("| model | batch | method | ms / image | x gradient | peak MB | x gradient |"
           + (" x LXT |" if lxt_column else ""))
     print("| --- | --- | --- | --- | --- | --- | --- |" + (" --- |" if lxt_column else ""))
     for row in rows:
+        if "failed" in row:
+            print(f"| {row['model']} | {row['batch']} | {row['method']} | {row['failed']} | | | |"
+                  + (" |" if lxt_column else ""))
+            continue
         base = next(r for r in rows if r["model"] == row["model"] and r["batch"] == row["batch"]
                     and r["method"] == "gradient")
         print(f"| {row['model']} | {row['batch']} | {row['method']} | {row['ms_per_image']:.0f} | "

@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
@@ -30,3 +32,32 @@ def test_attribution_benchmark_needs_the_gradient_baseline():
         capture_output=True, text=True, timeout=120,
     )
     assert done.returncode == 2 and "must include gradient" in done.stderr
+
+
+@pytest.mark.slow
+def test_a_peer_that_does_not_support_a_model_is_a_row_saying_why():
+    """captum's LRP has no rule for layer norms: ConvNeXt's row says so, and the run goes on."""
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "attribution.py"), "--models", "convnext_tiny", "--batches", "1", "--size",
+         "32", "--repeats", "1", "--threads", "1", "--methods", "gradient,captum_lrp"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    row = next(line for line in done.stdout.splitlines() if "| captum_lrp |" in line)
+    assert "raises: TypeError" in row and "LayerNorm2d" in row
+
+
+@pytest.mark.slow
+def test_rule_profile_counts_every_convolution_of_a_resnet18():
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "profile_rules.py"), "--model", "resnet18", "--size", "32", "--repeats", "1",
+         "--threads", "1"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = {tuple(cell.strip() for cell in line.strip("|").split("|")[:2]): line.strip("|").split("|")
+            for line in done.stdout.splitlines() if line.startswith("| ") and not line.startswith("| rule")
+            and not line.startswith("| ---")}
+    assert int(rows[("ZPlus", "Conv2d")][2]) == 20  # 17 in the blocks and the stem, 3 projections
+    assert int(rows[("ZPlus", "Linear")][2]) == 1
+    assert sum(float(row[4].strip().rstrip("%")) for row in rows.values()) > 95  # shares rounded to whole percents

@@ -117,12 +117,14 @@ def weighted_transpose(module: torch.nn.Module, input: torch.Tensor, weight: tor
     return lambda vector: crop(transpose(vector))
 
 
-def weighted_map(module: torch.nn.Module, input: torch.Tensor, weight: torch.Tensor) -> tuple:
+def weighted_map(module: torch.nn.Module, input: torch.Tensor, weight: torch.Tensor,
+                 bias: torch.Tensor | None = None) -> tuple:
     """``(f(input), transpose of f)`` for the convolution (also transposed) or linear layer ``module`` with ``weight`` in place of its
-    own and no bias, padded as its forward pads; the transpose in closed form where there is one."""
+    own and no bias, padded as its forward pads; the transpose in closed form where there is one. ``bias``: added to
+    ``f(input)`` by the product itself (free), for a module with a :py:func:`closed_form` only."""
     with torch.no_grad():
         if isinstance(module, torch.nn.Linear):
-            return F.linear(input, weight), weighted_transpose(module, input, weight)
+            return F.linear(input, weight, bias), weighted_transpose(module, input, weight)
         if isinstance(module, torch.nn.modules.conv._ConvTransposeNd):  # upsampling: its forward's output padding
             transposed = getattr(F, f"conv_transpose{input.ndim - 2}d")
             return linearised(lambda x: transposed(x, weight, None, module.stride, module.padding,
@@ -131,5 +133,5 @@ def weighted_map(module: torch.nn.Module, input: torch.Tensor, weight: torch.Ten
             source, crop = padded(input, same_padding(module, input))
             transpose = convolution_transpose(source, weight, module.stride, module.padding, module.dilation,
                                               module.groups)
-            return module._conv_forward(source, weight, None), lambda vector: crop(transpose(vector))
+            return module._conv_forward(source, weight, bias), lambda vector: crop(transpose(vector))
     return linearised(lambda x: module._conv_forward(x, weight, None), input)

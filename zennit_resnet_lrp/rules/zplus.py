@@ -163,49 +163,63 @@ class ZPlus(PositiveProportional):
 
     def signed_from_output(self, module: torch.nn.Module, input: torch.Tensor, output: torch.Tensor,
                            relevance: torch.Tensor) -> torch.Tensor:
-        """z+ of a signed ``input`` given the module's ``output``: ``z = (W a + |W| |a|) / 2`` with ``W a`` the output
-        less the bias, and ``R_in = (a * W^T s + |a| * |W|^T s) / 2`` for ``s = R / z``; the same as
-        :py:meth:`proportional` on the two halves ``a+ W+ + a- W-``, whose value the units that cancel get."""
+        """z+ of a signed ``input`` given the module's ``output``: ``2 z = W a + |W| |a|`` with ``W a`` the output less
+        the bias, and ``R_in = a * W^T s + |a| * |W|^T s`` for ``s = R / (2 z)``; the same as
+        :py:meth:`proportional` on the two halves ``a+ W+ + a- W-``, whose value the units that cancel get.
+
+        Written for few passes over the tensors (these layers are memory-bound on a CPU besides their products): the
+        bias enters the product, ``z`` is never halved, the check for cancelling units is one reduction."""
         with torch.no_grad():
             weight = effective_weight(module)
             magnitude = torch.abs(weight, out=torch.empty_like(
                 weight, memory_format=layout(input) if weight.ndim == 4 else torch.contiguous_format))
             absolute = input.abs()
-            size, size_transpose = weighted_map(module, absolute, magnitude)
             bias = _bias_of(module, output)
-            doubled = size + output if bias is None else (output - bias).add_(size)
-            slack = size if bias is None else size + bias.abs()
+            # |W| |a| - b, the bias subtracted by the product itself: then 2 z = output + that
+            shifted, size_transpose = weighted_map(module, absolute, magnitude,
+                                                   None if bias is None else -module.bias.detach())
+            doubled = torch.add(output, shifted)
+            # W a is rounded by about eps (|W| |a| + |b|): where 2 z is within a tolerance of that, z is recomputed
             tolerance = torch.finfo(output.dtype).eps ** self.cancellation
-            cancelled = doubled <= slack.mul_(tolerance)
-            del slack
-            parts = []
-            if bool(cancelled.any()):
+            margin = torch.add(doubled, shifted, alpha=-tolerance)  # 2 z - tolerance (|W| |a| - b)
+            del shifted
+            if bias is not None:
+                margin.sub_(tolerance * (bias + bias.abs()))  # ... - tolerance (|W| |a| + |b|)
+            # units at or near 2 z = 0 (2 tiny) among them, so that dividing by the others is finite
+            floor = 2 * torch.finfo(output.dtype).tiny ** 0.5
+            cancelled, parts = None, []
+            if bool(margin.amin() <= floor):
+                cancelled = margin <= floor
                 parts = self.maps(module, input)  # the two halves (a signed input), exact where z is small
-                exact = sum(out for _, out, _ in parts).mul_(2)
-                doubled = torch.where(cancelled, exact, doubled)
-                del exact
-            z = doubled.mul_(0.5)
-            return self._redistribute(module, (input, absolute), z, relevance, cancelled, parts,
-                                      (weight, size_transpose))
+                doubled = torch.where(cancelled, sum(out for _, out, _ in parts).mul_(2), doubled)
+            return self._redistribute(module, (input, absolute), doubled, relevance, (cancelled, parts),
+                                      (weight, size_transpose), margin)
 
-    def _redistribute(self, module, inputs, z, relevance, cancelled, parts, transposes):
-        """``R_in`` for ``s = R / z``: the units that cancelled through the two halves' transposes, the others through
-        ``(a W^T s + |a| |W|^T s) / 2``."""
+    def _redistribute(self, module, inputs, doubled, relevance, recomputed, transposes, spare):
+        """``R_in`` for ``s = R / (2 z)``: the units that cancelled (``recomputed``: their mask and the two halves)
+        through the two halves' transposes, the others through ``a W^T s + |a| |W|^T s``; ``spare`` is a tensor of
+        the output's shape to write into."""
         input, absolute = inputs
         weight, size_transpose = transposes
-        tiny = torch.finfo(z.dtype).tiny ** 0.5
-        unsupported = (cancelled & (z <= tiny)) if self.unsupported == FLAT and parts else None
-        denominator = z.add_(self.epsilon) if self.epsilon else z.clamp_min_(tiny)
-        scaled = denominator.reciprocal_().mul_(relevance)
-        if unsupported is not None:
-            scaled.masked_fill_(unsupported, 0)
+        cancelled, parts = recomputed
+        floor = 2 * torch.finfo(doubled.dtype).tiny ** 0.5
+        # units no input supports (z = 0) are among those recomputed
+        unsupported = cancelled & (doubled <= floor) if cancelled is not None and self.unsupported == FLAT else None
+        if self.epsilon:
+            doubled.add_(2 * self.epsilon)
+        elif cancelled is not None:
+            doubled.clamp_min_(floor)
+        scaled = torch.div(relevance, doubled, out=spare)
         result = None
-        if parts:
+        if cancelled is not None:
+            if unsupported is not None:
+                scaled.masked_fill_(unsupported, 0)  # their relevance goes the flat way alone
             slow = scaled * cancelled
+            slow.mul_(2)  # the two halves' transposes take R / z
             scaled.masked_fill_(cancelled, 0)
             result = sum(transpose(slow).mul_(part) for part, _, transpose in parts)
         fast = weighted_transpose(module, input, weight)(scaled).mul_(input)
-        fast.addcmul_(size_transpose(scaled), absolute).mul_(0.5)
+        fast.addcmul_(size_transpose(scaled), absolute)
         result = fast if result is None else result.add_(fast)
         if unsupported is not None:
             stray = relevance * unsupported
