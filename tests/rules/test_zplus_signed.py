@@ -141,3 +141,28 @@ def test_only_modules_computing_their_own_product_reuse_the_output():
     assert not computes_product(linear)
     assert not computes_product(torch.nn.ConvTranspose2d(3, 3, 2))
     assert not computes_product(torch.nn.Conv2d(3, 3, 3, padding="same"))
+
+
+def test_a_linear_layers_output_is_handed_on_without_a_copy_and_may_change_in_place():
+    """F.linear with a bias returns a view of its product; the fast path hands that memory on as a tensor of its own
+    (no copy of the output's size is made), which the in-place ReLU after it may modify, and relevance still flows."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Copies(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.sizes = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten.clone.default:
+                self.sizes.append(args[0].numel())
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.ReLU(inplace=True), torch.nn.Flatten(),
+                                torch.nn.Linear(15, 2)).double().eval()
+    x = torch.randn(2, 3, 4, dtype=torch.float64)
+    with Copies() as copies:
+        result = lrp.attribute(model, x, target=0)
+    assert 2 * 3 * 5 not in copies.sizes
+    assert _relative(result.relevance.sum(), result.start.sum()) < FLOAT64

@@ -23,6 +23,15 @@ class _Weighted:
     def __call__(self, values: torch.Tensor) -> torch.Tensor:
         return type(self.module).forward(self.module, self.weights, values)
 
+    def linearised(self, values: torch.Tensor) -> tuple:
+        """``(A v, transpose)``; for a plain matrix product the transpose ``s -> A^T s`` in closed form (autograd's
+        graph of the product costs as much as the product on small attention windows)."""
+        if getattr(self.module, "equation", None) is not None or self.weights.ndim < 2 or values.ndim < 2:
+            return linearised(self, values)
+        with torch.no_grad():
+            transposed = self.weights.transpose(-2, -1)
+            return self.weights @ values, lambda vector: transposed @ vector
+
 
 class AttentionValues(PositiveProportional):
     """For an :py:class:`~zennit_resnet_lrp.rewriting.modules.AttentionProduct` ``A @ v``: the weights ``A`` held constant, the
@@ -43,14 +52,14 @@ class AttentionValues(PositiveProportional):
     def maps(self, weighted, values):
         positive = values.clamp(min=0)
         if bool(weighted.weights.amin() >= 0):
-            return [(positive, *linearised(weighted, positive))]
+            return [(positive, *weighted.linearised(positive))]
         negative = values.clamp(max=0)
         plus = _Weighted(weighted.module, weighted.weights.clamp(min=0))
         minus = _Weighted(weighted.module, weighted.weights.clamp(max=0))
-        return [(positive, *linearised(plus, positive)), (negative, *linearised(minus, negative))]
+        return [(positive, *plus.linearised(positive)), (negative, *minus.linearised(negative))]
 
     def flat_maps(self, weighted, values):
-        yield linearised(_Weighted(weighted.module, weighted.weights.abs()), torch.ones_like(values))
+        yield _Weighted(weighted.module, weighted.weights.abs()).linearised(torch.ones_like(values))
 
 
 class BilinearSplit(RelevanceRule):

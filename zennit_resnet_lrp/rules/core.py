@@ -65,6 +65,12 @@ class RelevanceRule(Hook):
         of its output. A rule whose :py:meth:`keeps_output` says so gets the module's output as ``output=`` too."""
         raise NotImplementedError
 
+    def fresh_output(self, module: torch.nn.Module) -> bool:
+        """Whether ``module``'s output is memory its forward allocated (not a view of an input, a parameter or a
+        buffer), even where it is a view (``F.linear`` with a bias views its product): the fast path then hands it on
+        without a copy."""
+        return False
+
     def keeps_output(self, module: torch.nn.Module, inputs: tuple) -> bool:
         """Whether :py:meth:`relevance` reads the module's output for these ``inputs`` (asked as the forward runs):
         a rule may reuse what the forward computed anyway. The output reaches it only if nothing modified it in
@@ -173,6 +179,14 @@ class KeptOutput:
         return self.tensor if self.tensor._version == self.version else None
 
 
+def _over_own_memory(view: torch.Tensor) -> torch.Tensor:
+    """A tensor over the memory of ``view``, not a view: for a view of memory nothing else holds, no copy."""
+    if view.layout != torch.strided:
+        return view.clone()
+    return torch.empty(0, dtype=view.dtype, device=view.device).set_(
+        view.untyped_storage(), view.storage_offset(), view.size(), view.stride())
+
+
 def _shapes(inputs: tuple) -> tuple:
     return tuple(x.shape if isinstance(x, torch.Tensor) else None for x in inputs)
 
@@ -190,10 +204,11 @@ class _Propagate(torch.autograd.Function):
         ctx.constants = {index: x for index, x in enumerate(kept) if x is not None and not isinstance(x, torch.Tensor)}
         output = forward(*inputs)
         # a view (a reshape's output) would be a view made in a custom function, which later in-place operations may
-        # not modify. An input returned as it is (an in-place activation's) is not copied: a copy per activation
-        # costs a quarter more memory on a ResNet, and nothing writes into those in place
+        # not modify: copied, or where it views memory of the forward's own, re-made over that memory. An input
+        # returned as it is (an in-place activation's) is not copied: a copy per activation costs a quarter more
+        # memory on a ResNet, and nothing writes into those in place
         if isinstance(output, torch.Tensor) and output._base is not None:
-            output = output.clone()
+            output = _over_own_memory(output) if rule.fresh_output(module) else output.clone()
         ctx.output = KeptOutput.of(output) if rule.keeps_output(module, inputs) else None
         return output
 

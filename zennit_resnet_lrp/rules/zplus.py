@@ -73,7 +73,7 @@ class PositiveProportional(RelevanceRule):
             # In place: the output is ours, and these maps are memory-bound
             unsupported = (output <= tiny) if self.unsupported == FLAT and bool(output.amin() <= tiny) else None
             denominator = output.add_(self.epsilon) if self.epsilon else output.clamp_min_(tiny)
-            scaled = denominator.reciprocal_().mul_(relevance)
+            scaled = torch.div(relevance, denominator, out=denominator)
         else:
             unsupported = output.abs() <= tiny
             if self.epsilon:
@@ -149,6 +149,9 @@ class ZPlus(PositiveProportional):
     # epsilon^(1 - cancellation) of z (float32: 2.6e-5 at worst, float64: 2.2e-12; units carrying most of
     # the relevance are far from the bound)
     cancellation = 1 / 4
+
+    def fresh_output(self, module):
+        return computes_product(module)
 
     def keeps_output(self, module, inputs):
         input = inputs[0]
