@@ -42,7 +42,8 @@ METHODS_OF = {
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--limit", type=int, default=None)
-    parser.add_argument("--models", default=",".join(DEMO_MODELS))
+    parser.add_argument("--models", default=",".join(name for name, demo in DEMO_MODELS.items()
+                                                     if demo.task == "classification"))
     parser.add_argument("--protocols", default=",".join(PROTOCOLS))
     args = parser.parse_args()
     torch.set_num_threads(choose_threads())

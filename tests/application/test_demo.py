@@ -13,7 +13,7 @@ from zennit_resnet_lrp.evaluation.summary import summarize
 from zennit_resnet_lrp.evaluation.metrics import CurveSpec
 from zennit_resnet_lrp.application.models import load_model
 
-NAMES = list(DEMO_MODELS)
+NAMES = [name for name, demo in DEMO_MODELS.items() if demo.task == "classification"]  # the classifiers
 
 
 @pytest.fixture(scope="module")

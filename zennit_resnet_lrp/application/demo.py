@@ -98,6 +98,50 @@ def demo_bottleneck(num_classes: int = 10) -> SmallResNet:
     return SmallResNet(Bottleneck, widths=(32, 64, 128, 128), num_classes=num_classes)
 
 
+class SmallSegmenter(torch.nn.Module):
+    """A fully convolutional segmenter for 1x56x56 canvases of digits, built from torchvision's ``BasicBlock``:
+    a 3x3 stem, two stride-2 blocks and one more block at 1/4 size (receptive field about a digit), then a decoder
+    that upsamples twice (bilinear, ``nn.Upsample``) with a 1x1 convolution and adds the encoder's map of the same
+    size (skip by addition), and a 1x1 head. Returns logits (N, num_classes, H, W)."""
+
+    def __init__(self, widths=(16, 32, 48), num_classes: int = 11) -> None:
+        super().__init__()
+        stem, middle, bottom = widths
+        self.stem = torch.nn.Sequential(torch.nn.Conv2d(1, stem, 3, 1, 1, bias=False), torch.nn.BatchNorm2d(stem),
+                                        torch.nn.ReLU(inplace=True))
+        self.down1 = BasicBlock(stem, middle, 2, _projection(stem, middle, 2))
+        self.down2 = torch.nn.Sequential(BasicBlock(middle, bottom, 2, _projection(middle, bottom, 2)),
+                                         BasicBlock(bottom, bottom))
+        self.up2 = self._up(bottom, middle)
+        self.fuse2 = _conv_bn_relu(middle)
+        self.up1 = self._up(middle, stem)
+        self.fuse1 = _conv_bn_relu(stem)
+        self.head = torch.nn.Conv2d(stem, num_classes, 1)
+
+    @staticmethod
+    def _up(inplanes: int, planes: int) -> torch.nn.Sequential:
+        # 1x1 first: upsampling the narrower map is cheaper and the same linear map
+        return torch.nn.Sequential(torch.nn.Conv2d(inplanes, planes, 1, bias=False), torch.nn.BatchNorm2d(planes),
+                                   torch.nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        full = self.stem(x)
+        half = self.down1(full)
+        quarter = self.down2(half)
+        half = self.fuse2(self.up2(quarter) + half)
+        return self.head(self.fuse1(self.up1(half) + full))
+
+
+def _conv_bn_relu(planes: int) -> torch.nn.Sequential:
+    return torch.nn.Sequential(torch.nn.Conv2d(planes, planes, 3, 1, 1, bias=False), torch.nn.BatchNorm2d(planes),
+                               torch.nn.ReLU(inplace=True))
+
+
+def demo_segmenter(num_classes: int = 11) -> SmallSegmenter:
+    """The shipped segmenter's architecture: classes 0..9 the digits, class 10 the background."""
+    return SmallSegmenter(num_classes=num_classes)
+
+
 @dataclass
 class DemoModel:
     """A small model shipped with the package: how to build it, its checkpoint and its preprocessing."""
@@ -107,9 +151,15 @@ class DemoModel:
     preprocessing: Preprocessing
     categories: list[str]
     num_classes: int = 10
+    task: str = "classification"
 
 
 DIGIT_NAMES = [str(digit) for digit in range(10)]
+# the segmenter's classes: the digits, then the background (class 10)
+SEGMENTATION_NAMES = [*DIGIT_NAMES, "background"]
+CANVAS_SIZE = 56
+CANVAS_PREPROCESSING = Preprocessing(resize=CANVAS_SIZE, crop=CANVAS_SIZE, mean=(0.1307,), std=(0.3081,), channels=1)
+CANVASES = DATA / "canvases"
 # model name -> the shipped model: names that --model and load_model() accept besides torchvision's
 DEMO_MODELS: dict[str, DemoModel] = {
     "demo-mnist": DemoModel(demo_basic, str(DATA / "demo-mnist.pt"), MNIST_PREPROCESSING, DIGIT_NAMES),
@@ -120,6 +170,10 @@ DEMO_MODELS: dict[str, DemoModel] = {
         demo_convnext, str(DATA / "demo-mnist-convnext.pt"), MNIST_PREPROCESSING, DIGIT_NAMES
     ),
     "demo-mnist-vit": DemoModel(demo_vit, str(DATA / "demo-mnist-vit.pt"), MNIST_PREPROCESSING, DIGIT_NAMES),
+    "demo-digits-segmentation": DemoModel(
+        demo_segmenter, str(DATA / "demo-digits-segmentation.pt"), CANVAS_PREPROCESSING, SEGMENTATION_NAMES,
+        num_classes=len(SEGMENTATION_NAMES), task="segmentation",
+    ),
 }
 DEFAULT_DEMO = "demo-mnist"
 
@@ -156,12 +210,12 @@ def export_held_out(folder: str | Path, limit: int | None = None) -> Path:
     return folder
 
 
-def looks_like_a_digit(image) -> bool:
-    """Whether a PIL image is what the demo models were trained on: grey (no colour) and no larger than twice the
-    digits' 28x28 pixels."""
+def looks_like_a_digit(image, side: int = 28) -> bool:
+    """Whether a PIL image is what a demo model was trained on: grey (no colour) and no larger than twice its
+    ``side`` (28 pixels for the digits, 56 for the canvases)."""
     import numpy as np
 
-    if max(image.size) > 56:
+    if max(image.size) > 2 * side:
         return False
     if image.mode in ("L", "F"):
         return True
@@ -172,3 +226,75 @@ def looks_like_a_digit(image) -> bool:
 def demo_images() -> list[Path]:
     """The shipped held-out digits (PNG, 28x28), named ``<index>_label<digit>.png``."""
     return sorted(DIGITS.glob("*.png"))
+
+
+BACKGROUND = 10  # the segmenter's background class
+# a canvas pixel is its digit's class where the digit is brighter than this (uint8), else background
+DIGIT_THRESHOLD = 127
+
+
+def digit_canvases(pixels, labels, count: int, seed: int, size: int = CANVAS_SIZE,
+                   digits: tuple[int, int] = (2, 3)) -> tuple:
+    """Seeded canvases of digits for the segmenter: each holds ``digits[0]..digits[1]`` digits (cropped to their
+    strokes) at random places whose boxes neither overlap nor touch.
+
+    Parameters
+    ----------
+    pixels, labels : numpy.ndarray
+        Digits, uint8 (M, 1, 28, 28), and their classes (M,), e.g. one half of :py:func:`mnist_split`.
+    count : int
+        Canvases to draw.
+    seed : int
+        The same seed draws the same canvases.
+    size : int
+        Canvas height and width.
+    digits : (int, int)
+        Fewest and most digits per canvas.
+
+    Returns
+    -------
+    (numpy.ndarray, numpy.ndarray)
+        Canvases, uint8 (count, 1, size, size), and label maps, int64 (count, size, size): a pixel's digit where the
+        digit is brighter than :py:data:`DIGIT_THRESHOLD`, else :py:data:`BACKGROUND`.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    canvases = np.zeros((count, 1, size, size), dtype=np.uint8)
+    maps = np.full((count, size, size), BACKGROUND, dtype=np.int64)
+    for index in range(count):
+        boxes: list[tuple[int, int, int, int]] = []
+        for _ in range(int(rng.integers(digits[0], digits[1] + 1))):
+            _place_digit(rng, pixels, labels, canvases[index, 0], maps[index], boxes)
+    return canvases, maps
+
+
+def _place_digit(rng, pixels, labels, canvas, label_map, boxes: list, tries: int = 50) -> None:
+    """Paste one random digit where its box keeps a pixel's gap to ``boxes`` (skipped if no place is found)."""
+    import numpy as np
+
+    for _ in range(tries):
+        chosen = int(rng.integers(len(labels)))
+        digit = pixels[chosen, 0]
+        rows, columns = np.flatnonzero(digit.any(1)), np.flatnonzero(digit.any(0))
+        crop = digit[rows[0]:rows[-1] + 1, columns[0]:columns[-1] + 1]
+        height, width = crop.shape
+        top = int(rng.integers(0, canvas.shape[0] - height + 1))
+        left = int(rng.integers(0, canvas.shape[1] - width + 1))
+        box = (top, left, top + height, left + width)
+        if all(box[2] < other[0] or other[2] < box[0] or box[3] < other[1] or other[3] < box[1] for other in boxes):
+            boxes.append(box)
+            canvas[top:box[2], left:box[3]] = crop
+            label_map[top:box[2], left:box[3]][crop > DIGIT_THRESHOLD] = int(labels[chosen])
+            return
+
+
+def demo_canvases() -> list[Path]:
+    """The shipped held-out canvases for the segmenter (PNG, 56x56), without their label maps."""
+    return sorted(path for path in CANVASES.glob("*.png") if not path.stem.endswith("_labels"))
+
+
+def canvas_labels(canvas: str | Path) -> Path:
+    """The label map of a shipped canvas: a PNG beside it (``<name>_labels.png``), one class index per pixel."""
+    canvas = Path(canvas)
+    return canvas.with_name(f"{canvas.stem}_labels.png")
