@@ -12,21 +12,21 @@ import click
 import torch
 
 import zennit_resnet_lrp as lrp
-from zennit_resnet_lrp.application.check import check_inputs
-from zennit_resnet_lrp.application.demo import DEMO_MODELS, demo_images
-from zennit_resnet_lrp.application.explain import ExplainOptions, class_label, explain_images
+from zennit_resnet_lrp.application.check import check_inputs, check_regions
+from zennit_resnet_lrp.application.demo import CANVASES, DEMO_MODELS, demo_canvases, demo_images
+from zennit_resnet_lrp.application.explain import ExplainOptions, class_label, class_phrase, explain_images
 from zennit_resnet_lrp.application.files import OutputError, check_output_file, check_output_folder, write_json
 from zennit_resnet_lrp.application.heatmap import SIGNS
 from zennit_resnet_lrp.application.images import ImageError, find_images
 from zennit_resnet_lrp.application.methods import METHODS, MethodError, get_method, method_names
-from zennit_resnet_lrp.application.models import ModelError, UnknownNameError
+from zennit_resnet_lrp.application.models import ModelError, UnknownNameError, model_task
 from zennit_resnet_lrp.application.plots import PlotError
 from zennit_resnet_lrp.evaluation.datasets import DatasetError
 from zennit_resnet_lrp.evaluation.store import ResultsFolderError
 
 from .evaluate import evaluate_command
-from .options import (HEAT_QUANTIZATION_OPTION, HQ_LEVEL_OPTION, MAX_PIXELS_OPTION, START_WITH_OPTION, RunOptions,
-                      run_options)
+from .options import (HEAT_QUANTIZATION_OPTION, HQ_LEVEL_OPTION, MAX_PIXELS_OPTION, START_WITH_OPTION, TASK_OPTION,
+                      RunOptions, resolve_task, run_options)
 from .progress import Progress
 
 COVERAGE_NOTES = "docs/coverage.md"
@@ -113,9 +113,19 @@ def _images(model: str, images: tuple[str, ...]) -> list[Path]:
             return find_images(images)
         except ImageError as error:
             raise click.BadParameter(str(error), param_hint="IMAGES") from None
+    if model in DEMO_MODELS and model_task(model) == "segmentation":
+        return _demo_canvases()
     if model in DEMO_MODELS:
         return demo_images()
     raise click.UsageError("give images to explain (files, folders or globs); only the demo models have defaults")
+
+
+def _demo_canvases() -> list[Path]:
+    """The segmentation demo's held-out canvases (their ``*_labels.png`` masks left out)."""
+    canvases = demo_canvases()
+    if not canvases:
+        raise click.UsageError(f"the segmentation demo's canvases are missing from {CANVASES}; give images")
+    return canvases
 
 
 def _explain_methods(run: RunOptions, methods: str | None) -> list[str]:
@@ -131,8 +141,10 @@ def _explain_methods(run: RunOptions, methods: str | None) -> list[str]:
               help="Several methods side by side (composites and the baselines `resnet-lrp methods` lists, "
                    "comma-separated): heatmaps of each and comparison.png, images by methods.")
 @click.option("--label", "--target", "target", type=click.IntRange(min=0), default=None,
-              help="Class to explain for every image (default: the top-k predicted classes).")
+              help="Class to explain for every image (default: the top-k predicted classes); with --task "
+                   "segmentation, the class whose pixels are explained (required).")
 @click.option("--top-k", type=click.IntRange(min=1), default=1, show_default=True)
+@TASK_OPTION
 @START_WITH_OPTION
 @HEAT_QUANTIZATION_OPTION
 @HQ_LEVEL_OPTION
@@ -148,11 +160,15 @@ def _explain_methods(run: RunOptions, methods: str | None) -> list[str]:
 @MAX_PIXELS_OPTION
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), default=Path("resnet-lrp-out"),
               show_default=True)
-def explain(images, run, *, method_list, target, top_k, start_with, heat_quantization, hq_level, normalize, sign, cmap,
-            overlay, size, save_relevance, strict, max_pixels, output):
-    """Write heatmaps for IMAGES (files, folders, globs); with no model and no images, the shipped digits."""
+def explain(images, run, *, method_list, target, top_k, task, start_with, heat_quantization, hq_level, normalize, sign,
+            cmap, overlay, size, save_relevance, strict, max_pixels, output):
+    """Write heatmaps for IMAGES (files, folders, globs); with no model and no images, the shipped digits (with
+    --task segmentation: the shipped canvases of digits, why the pixels of class --label are that class)."""
     from zennit.image import CMAPS
 
+    run, task = resolve_task(run, task, target)
+    if task == "segmentation" and top_k != 1:
+        raise click.UsageError("--top-k is for classification; a segmentation explains the pixels of its --label")
     names = _explain_methods(run, method_list)
     if cmap not in CMAPS:
         raise click.BadParameter(f"unknown colour map {cmap!r}; choose one of {', '.join(CMAPS)}", param_hint="--cmap")
@@ -163,16 +179,21 @@ def explain(images, run, *, method_list, target, top_k, start_with, heat_quantiz
     options = ExplainOptions(methods=names, target=target, top_k=top_k, start_with=start_with,
                              batch_size=run.batch_size, cmap=cmap, overlay=overlay, save_relevance=save_relevance,
                              heat_quantization=bool(heat_quantization), hq_level=hq_level, normalize=normalize,
-                             sign=sign, photo_size=size == "photo", max_pixels=max_pixels)
+                             sign=sign, photo_size=size == "photo", max_pixels=max_pixels, task=task)
     device_name = next(loaded.model.parameters()).device
     click.echo(f"{run.model} ({loaded.weights or 'random weights'}) on {device_name}, method {', '.join(names)}: "
                f"{len(paths)} image(s) -> {output}", err=True)
 
     def report(item):
         method = f" [{item.method}]" if len(names) > 1 else ""
-        click.echo(f"{item.image}{method}: predicted {class_label(item.predicted, item.predicted_name)} "
-                   f"(p={item.probability:.4f}); target {class_label(item.target, item.target_name)}"
-                   f"{_relevance_line(item)}")
+        if item.region_pixels is not None:
+            click.echo(f"{item.image}{method}: why these {item.region_pixels} pixel(s) are "
+                       f"{class_label(item.target, item.target_name)} (mean p={item.target_probability:.4f})"
+                       f"{_relevance_line(item)}")
+        else:
+            click.echo(f"{item.image}{method}: predicted {class_label(item.predicted, item.predicted_name)} "
+                       f"(p={item.probability:.4f}); target {class_label(item.target, item.target_name)}"
+                       f"{_relevance_line(item)}")
         progress.update()
 
     count = len(paths) * (1 if target is not None else top_k) * len(names)
@@ -218,9 +239,11 @@ def _explain_warnings(run: RunOptions, outcome, images: int) -> None:
     for path, note in outcome.notes:
         click.echo(f"note: {path}: {note}", err=True)
     if outcome.unlike_digits:
-        click.echo(f"warning: {outcome.unlike_digits} of {images} image(s) are in colour or larger than 56 pixels: "
-                   f"{run.model} was trained on 28x28 digits; pass --model (e.g. resnet50 --weights IMAGENET1K_V1)",
-                   err=True)
+        side = DEMO_MODELS[run.model].preprocessing.crop
+        trained_on = "digits" if DEMO_MODELS[run.model].task == "classification" else "canvases of digits"
+        click.echo(f"warning: {outcome.unlike_digits} of {images} image(s) are in colour or larger than {2 * side} "
+                   f"pixels: {run.model} was trained on {side}x{side} {trained_on}; pass --model (e.g. resnet50 "
+                   "--weights IMAGENET1K_V1)", err=True)
     if outcome.uniform:
         click.echo(f"warning: the model's output is (near) uniform on {outcome.uniform} of {images} image(s) (no class "
                    "above 1.5 times a uniform guess): the heatmaps explain next to nothing; are its weights random?",
@@ -247,6 +270,9 @@ def _loss_cause(loss) -> str:
 @run_options
 @click.option("--random", "random_count", type=click.IntRange(min=1), default=4, show_default=True,
               help="Without images: this many seeded random inputs.")
+@TASK_OPTION
+@click.option("--label", type=click.IntRange(min=0), default=None,
+              help="With --task segmentation: the class whose pixels are explained, per input (required).")
 @START_WITH_OPTION
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
 @click.option("--tolerance", type=click.FloatRange(min=0), default=lrp.DEFAULT_TOLERANCE, show_default=True,
@@ -256,8 +282,13 @@ def _loss_cause(loss) -> str:
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
               help="Draw the paper's Fig. 5 to this image file (needs matplotlib).")
 @MAX_PIXELS_OPTION
-def check(images, run, *, random_count, start_with, dtype, tolerance, json_path, plot, max_pixels):
-    """Verify conservation block by block; exit status 1 when the error exceeds --tolerance."""
+def check(images, run, *, random_count, task, label, start_with, dtype, tolerance, json_path, plot, max_pixels):
+    """Verify conservation block by block; exit status 1 when the error exceeds --tolerance (with --task
+    segmentation: for the pixels the model assigns to --label, per input)."""
+    run, task = resolve_task(run, task, label)
+    if task == "classification" and label is not None:
+        raise click.UsageError("--label is for --task segmentation; a classification check explains each input's top "
+                               "class")
     method = get_method(run.method or lrp.DEFAULT_METHOD, composites_only=True).name
     if json_path and json_path != "-":
         check_output_file(json_path)
@@ -272,21 +303,54 @@ def check(images, run, *, random_count, start_with, dtype, tolerance, json_path,
     with Progress(len(paths), "reading") as progress:
         inputs, source = check_inputs(loaded, paths, random_count, seed, getattr(torch, dtype), progress.update,
                                       max_pixels)
+    if task == "segmentation":
+        _check_regions(run, loaded, inputs, paths, source, label, method, start_with=start_with, dtype=dtype,
+                       tolerance=tolerance, json_path=json_path, plot=plot)
+        return
     with Progress(inputs.shape[0], "checking") as progress:
         report = lrp.check_conservation(loaded.model, inputs, method, start_with=start_with, tolerance=tolerance,
                                         batch_size=run.batch_size, progress=progress.update)
+    _check_output(report, f"{run.model}, method {method}, {source}, {dtype}", {}, json_path, plot,
+                  f"{run.model}, {method}")
+    if not report.passed:
+        sys.exit(1)
+
+
+def _check_output(report, heading: str, extra: dict, json_path: str | None, plot: str | None, subject: str) -> None:
+    """The check's report: as JSON (with ``extra``) on stdout or in a file, else as a table; and its plot."""
     if json_path == "-":
-        click.echo(json.dumps(report.to_dict(), indent=2))
+        click.echo(json.dumps({**report.to_dict(), **extra}, indent=2))
     else:
-        click.echo(f"{run.model}, method {method}, {source}, {dtype}")
+        click.echo(heading)
         click.echo(report.format_table())
         if json_path:
-            write_json(Path(json_path), report.to_dict())
+            write_json(Path(json_path), {**report.to_dict(), **extra})
     if plot:
         from zennit_resnet_lrp.application.plots import conservation_plot
 
-        conservation_plot(report, plot, subject=f"{run.model}, {method}")
-    if not report.passed:
+        conservation_plot(report, plot, subject=subject)
+
+
+def _check_regions(run: RunOptions, loaded, inputs, paths, source: str, label: int, method: str, *, start_with: str,
+                   dtype: str, tolerance: float, json_path: str | None, plot: str | None) -> None:
+    """``check --task segmentation``: conservation of "why are these pixels the label" per input; every input where
+    the model assigns no pixel to the label named in one line; exit status 1 for those or a failed check."""
+    phrase = class_phrase(label, loaded.category(label))
+    names = [str(path) for path in paths] or [f"random input {index}" for index in range(inputs.shape[0])]
+    with Progress(inputs.shape[0], "checking") as progress:
+        checked = check_regions(loaded.model, inputs, label, method, start_with=start_with, tolerance=tolerance,
+                                batch_size=run.batch_size, progress=progress.update)
+    if checked.report is not None:
+        sizes = ", ".join(str(checked.sizes[index]) for index in checked.checked)
+        extra = {"task": "segmentation", "label": label, "inputs": [names[index] for index in checked.checked],
+                 "region_pixels": [checked.sizes[index] for index in checked.checked]}
+        _check_output(checked.report, f"{run.model}, method {method}, {source}, {dtype}; the pixels assigned to "
+                      f"{phrase}: {sizes} per input", extra, json_path, plot, f"{run.model}, {method}, {phrase}")
+    for index in checked.empty:
+        click.echo(f"error: the model assigns no pixel to {phrase} in {names[index]}", err=True)
+    if checked.empty:
+        click.echo(f"error: {len(checked.empty)} of {len(names)} input(s) have no pixel of {phrase}", err=True)
+    if checked.empty or not checked.report.passed:
         sys.exit(1)
 
 

@@ -13,7 +13,8 @@ import torch
 
 from zennit_resnet_lrp.application.demo import DEFAULT_DEMO, DEMO_MODELS
 from zennit_resnet_lrp.application.images import DEFAULT_MAX_PIXELS, DISPLAY_SIDE
-from zennit_resnet_lrp.application.models import RANDOM_WEIGHTS, TIMM_PREFIX, LoadedModel, ModelSpec
+from zennit_resnet_lrp.application.models import (RANDOM_WEIGHTS, SEGMENTATION_MODELS, TASKS, TIMM_PREFIX, LoadedModel,
+                                                   ModelSpec, model_task)
 from zennit_resnet_lrp.application.threads import choose_threads
 from zennit_resnet_lrp.attribution import START_WITH
 from zennit_resnet_lrp.composites import DEFAULT_METHOD, PAPER_VARIANTS
@@ -22,7 +23,7 @@ from zennit_resnet_lrp.composites import DEFAULT_METHOD, PAPER_VARIANTS
 CONFIG_KEYS = {"model", "weights", "num_classes", "resize", "crop", "image_size", "mean", "std", "batch_size",
                "method", "methods", "dataset", "dataset_root", "per_class", "limit", "device", "seed", "output",
                "protocol", "heat_quantization", "hq_level", "patch_size", "step", "points", "baseline", "explain",
-               "max_pixels"}
+               "max_pixels", "task"}
 
 
 # configuration keys whose option has another parameter name
@@ -131,6 +132,38 @@ MAX_PIXELS_OPTION = click.option(
          "the photo's size are drawn over that reduced photo.")
 
 
+TASK_OPTION = click.option(
+    "--task", type=click.Choice(TASKS), default=None,
+    help="classification: a class per image; segmentation: why the pixels the model assigns to --label are that "
+         "class (a model with output (N, K, H, W); default model: the shipped segmentation demo). Default: the "
+         "model's own task.")
+
+
+def segmentation_demo() -> str | None:
+    """The shipped segmentation demo model's name (the default model of ``--task segmentation``), None if none."""
+    return next((name for name, spec in DEMO_MODELS.items() if spec.task == "segmentation"), None)
+
+
+def resolve_task(run: RunOptions, task: str | None, label: int | None,
+                 label_option: str = "--label") -> tuple[RunOptions, str]:
+    """The run and the task it does: ``--task`` as given, else the model's own; ``--task segmentation`` without
+    ``--model`` (nor a configuration's) takes the segmentation demo. A segmentation needs ``--label``; a segmentation
+    model cannot be explained as a classifier. Raises ``click.UsageError`` (one line)."""
+    ctx = click.get_current_context()
+    given = ctx.get_parameter_source("model") not in (None, click.core.ParameterSource.DEFAULT)
+    if task == "segmentation" and not given and segmentation_demo() is not None:
+        run = dataclasses.replace(run, model=segmentation_demo())
+    own = model_task(run.model)
+    if task == "classification" and own == "segmentation":
+        raise click.UsageError(f"{run.model} is a segmentation model (a class per pixel): drop --task classification "
+                               "or give --task segmentation with --label N")
+    task = task or own
+    if task == "segmentation" and label is None:
+        raise click.UsageError(f"a segmentation is explained for one class: give {label_option} N (the pixels "
+                               f"{run.model} assigns to class N are explained)")
+    return run, task
+
+
 # the options that become RunOptions (--skip-connection-prop-type merges into its method)
 _SHARED = (*(field.name for field in dataclasses.fields(RunOptions)), "skip_connection_prop_type")
 
@@ -149,7 +182,8 @@ def run_options(command=None, *, several_weights: bool = False):
         click.option("-c", "--config", type=click.Path(dir_okay=False), is_eager=True, expose_value=False,
                      callback=_load_config, help="JSON run configuration (see configs/); flags override it."),
         click.option("--model", default=DEFAULT_DEMO, show_default=True,
-                     help=f"torchvision classifier (resnet50, convnext_tiny, vit_b_16, ...), {TIMM_PREFIX}NAME for any "
+                     help=f"torchvision classifier (resnet50, convnext_tiny, vit_b_16, ...) or segmentation model "
+                          f"({', '.join(SEGMENTATION_MODELS[:3])}, ...), {TIMM_PREFIX}NAME for any "
                           "timm model (timm/resnet50d; needs timm), hf/FOLDER for a Hugging Face image classifier "
                           "(a saved folder or cached name; needs transformers), or a shipped demo model."),
         click.option("--weights", default=None, multiple=several_weights, help=weights_help),

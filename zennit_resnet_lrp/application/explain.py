@@ -16,15 +16,18 @@ from ..attribution import AttributionError, attribute, locate_violation
 from ..composites import DEFAULT_METHOD
 from ..registry import make_composite
 from ..conservation import DEFAULT_TOLERANCE, Violation, violations
+from ..outputs import OutputError, logits_of
 from ..results import Attribution
 from ..rewriting import TraceCache
+from ..snapshot import evaluating
+from ..targets import Region
 from .demo import DEMO_MODELS, looks_like_a_digit
 from .earlier_run import EarlierRun, clear_earlier_run
 from .files import write_atomic, write_csv, write_json
-from .heatmap import hatch, keep_sign, limit_of, normalize, overlay, quantize, render, to_photo
+from .heatmap import hatch, keep_sign, limit_of, normalize, outline, overlay, quantize, render, to_photo
 from .images import DEFAULT_MAX_PIXELS, ImageError, read_image
 from .methods import MethodContext, get_method, method_names
-from .models import LoadedModel
+from .models import TASKS, LoadedModel
 from .pictures import comparison, legend_for, overview
 
 OVERVIEW_LIMIT = 40  # images in overview.png and comparison.png
@@ -32,7 +35,9 @@ OVERVIEW_LIMIT = 40  # images in overview.png and comparison.png
 
 @dataclass
 class ExplainOptions:
-    """What to explain and what to write; the command line's ``explain`` flags."""
+    """What to explain and what to write; the command line's ``explain`` flags. ``task`` "segmentation" explains,
+    per image, the pixels the model assigns to the label ``target`` (a :py:class:`~zennit_resnet_lrp.Region`; the
+    label is required, composites only, one target)."""
 
     methods: Sequence[str] = (DEFAULT_METHOD,)
     target: int | None = None
@@ -49,12 +54,15 @@ class ExplainOptions:
     photo_size: bool = True
     max_pixels: int | None = DEFAULT_MAX_PIXELS  # images decoding to more pixels fail (None: no limit)
     tolerance: float = DEFAULT_TOLERANCE
+    task: str = "classification"
 
 
 @dataclass
 class Explained:
     """One explained (image, method, target): what the summary holds. Baselines have no relevance sum; ``absorbed`` is
-    the relevance the model's own tokens took (a vision transformer's class token), None where it has none."""
+    the relevance the model's own tokens took (a vision transformer's class token), None where it has none. For a
+    segmentation, ``target`` is the label, ``region_pixels`` the number of pixels the model assigns to it (the
+    explained region), ``predicted`` the label too and the probabilities the label's mean over the region."""
 
     image: str
     method: str
@@ -71,6 +79,8 @@ class Explained:
     heatmap: str
     overlay: str | None = None
     relevance: str | None = None
+    task: str = "classification"
+    region_pixels: int | None = None
 
 
 @dataclass
@@ -107,6 +117,44 @@ def class_label(index: int, name: str) -> str:
     """A class as a user reads it: its index and, where the weights carry one, its name (``324 cabbage
     butterfly``)."""
     return str(index) if name == str(index) else f"{index} {name}"
+
+
+def class_phrase(index: int, name: str) -> str:
+    """A class in a sentence: ``class 3``, or with its name where the weights carry one (``class 10 (background)``)."""
+    return f"class {index}" if name == str(index) else f"class {index} ({name})"
+
+
+def label_regions(model: torch.nn.Module, inputs: torch.Tensor, label: int,
+                  batch_size: int | None = None) -> torch.Tensor:
+    """The pixels a segmentation model assigns to ``label`` (its top class there), per input: boolean (N, H, W) at
+    the output's resolution, from forward passes in eval mode of at most ``batch_size`` inputs (the model left as
+    it was). The logits are taken from the output as :py:func:`~zennit_resnet_lrp.outputs.logits_of` finds them
+    (torchvision's ``"out"``).
+
+    Raises :py:class:`~zennit_resnet_lrp.AttributionError` (one line) where the output is not (N, K, H, W), naming
+    its shape, or ``label`` is not one of its K classes.
+    """
+    size = batch_size or inputs.shape[0]
+    masks = []
+    with torch.no_grad(), evaluating(model):
+        for begin in range(0, inputs.shape[0], size):
+            try:
+                output = logits_of(model(inputs[begin:begin + size]))
+            except OutputError as error:
+                raise AttributionError(str(error)) from None
+            _check_dense(output, label)
+            masks.append(output.argmax(1) == label)
+    return torch.cat(masks)
+
+
+def _check_dense(output: torch.Tensor, label: int) -> None:
+    if output.ndim != 4:
+        raise AttributionError(f"segmentation needs a model whose output is (N, K, H, W), a score per class and "
+                               f"pixel; this model's output has shape {tuple(output.shape)} (explain it as a "
+                               "classifier)")
+    if not 0 <= label < output.shape[1]:
+        raise AttributionError(f"label {label} is out of range for the model's {output.shape[1]} classes "
+                               f"(0..{output.shape[1] - 1})")
 
 
 def near_uniform(probabilities: torch.Tensor) -> bool:
@@ -156,27 +204,72 @@ def explain_images(
     (``ExplainOutcome.earlier`` says how many, and names heatmap files of unknown origin).
     """
     names = method_names(list(options.methods))
+    _check_task(options, names)
     run = _Run(loaded, options, output, ExplainOutcome(earlier=clear_earlier_run(output)))
     stems = dict(zip(paths, _unique_stems(paths)))
+    explain_batch = _explain_regions if options.task == "segmentation" else _explain_classes
     for batch in _batches(paths, options.batch_size):
         images = _read(run, batch, stems)
         if not images:
             continue
         inputs = torch.stack([image.tensor for image in images]).to(**_placement(loaded.model))
-        ranked = _ranked(run, inputs, names[0])
-        for k in range(1 if options.target is not None else options.top_k):
-            for name in names:
-                targets = ranked[:, k] if ranked is not None else None
-                done = _attribute(run, name, inputs, targets, k)
-                ranked = _ranking(run, done.output) if ranked is None else ranked
-                for index, image in enumerate(images):
-                    record = _write_image(run, done, image, index)
-                    run.outcome.results.append(record)
-                    if on_result is not None:
-                        on_result(record)
-        _write_summary(output, run.outcome.results)
+        for done, image, index in explain_batch(run, names, images, inputs):
+            record = _write_image(run, done, image, index)
+            run.outcome.results.append(record)
+            if on_result is not None:
+                on_result(record)
+        if run.outcome.results:  # a run in which every image fails leaves nothing behind
+            _write_summary(output, run.outcome.results)
     _write_pictures(run, names)
     return run.outcome
+
+
+def _check_task(options: ExplainOptions, names: list[str]) -> None:
+    """A task the options can do, before any work: a segmentation needs its label and composites, one target."""
+    if options.task not in TASKS:
+        raise AttributionError(f"unknown task {options.task!r}; choose one of {', '.join(TASKS)}")
+    if options.task != "segmentation":
+        return
+    if options.target is None:
+        raise AttributionError("a segmentation is explained for one label: give it (--label N)")
+    baselines = [name for name in names if not get_method(name).is_composite]
+    if baselines:
+        raise AttributionError(f"a segmentation is explained with composites only, not the baseline(s) "
+                               f"{', '.join(baselines)}")
+
+
+def _explain_classes(run: _Run, names: list[str], images: list[_Image],
+                     inputs: torch.Tensor) -> Iterator[tuple["_Done", _Image, int]]:
+    """Each method's attribution of the batch's classes, rank by rank: the given label, else the top-k."""
+    options = run.options
+    ranked = _ranked(run, inputs, names[0])
+    for k in range(1 if options.target is not None else options.top_k):
+        for name in names:
+            targets = ranked[:, k] if ranked is not None else None
+            done = _attribute(run, name, inputs, targets, k)
+            ranked = _ranking(run, done.output) if ranked is None else ranked
+            for index, image in enumerate(images):
+                yield done, image, index
+
+
+def _explain_regions(run: _Run, names: list[str], images: list[_Image],
+                     inputs: torch.Tensor) -> Iterator[tuple["_Done", _Image, int]]:
+    """Each method's attribution of the pixels the model assigns to the label, per image; an image with none is a
+    failure that names it, and the others go on."""
+    label = run.options.target
+    masks = label_regions(run.loaded.model, inputs, label, run.options.batch_size)
+    keep = [index for index in range(len(images)) if bool(masks[index].any())]
+    phrase = class_phrase(label, run.loaded.category(label))
+    run.outcome.failures += [(image.path, f"the model assigns no pixel to {phrase} in {image.path}")
+                             for index, image in enumerate(images) if index not in keep]
+    if not keep:
+        return
+    images, region = [images[index] for index in keep], Region(label, masks[keep])
+    for name in names:
+        done = _attribute(run, name, inputs[keep], region, 0)
+        done.regions = region.mask
+        for index, image in enumerate(images):
+            yield done, image, index
 
 
 def _placement(model: torch.nn.Module) -> dict:
@@ -199,7 +292,8 @@ def _read(run: _Run, batch: Sequence[Path], stems: dict) -> list[_Image]:
             run.outcome.failures.append((path, f"{path}: {type(error).__name__}: {error}"))
             continue
         run.outcome.notes += [(path, note) for note in notes]
-        if run.loaded.name in DEMO_MODELS and not looks_like_a_digit(photo):
+        if run.loaded.name in DEMO_MODELS and not looks_like_a_digit(photo, DEMO_MODELS[run.loaded.name].
+                                                                        preprocessing.crop):
             run.outcome.unlike_digits += 1
         images.append(_Image(path, stems[path], photo, cropped, prep.normalize(prep.pixels(cropped, cropped=True))))
     return images
@@ -233,10 +327,11 @@ class _Done:
     targets: torch.Tensor
     output: torch.Tensor
     result: Attribution | None = None
+    regions: torch.Tensor | None = None  # a segmentation's explained pixels (N, H, W) at the output's resolution
 
 
-def _attribute(run: _Run, name: str, inputs: torch.Tensor, targets: torch.Tensor | None, k: int) -> _Done:
-    """One method on one batch (``targets`` None: each image's top class, for a composite)."""
+def _attribute(run: _Run, name: str, inputs: torch.Tensor, targets: torch.Tensor | Region | None, k: int) -> _Done:
+    """One method on one batch (``targets`` None: each image's top class, for a composite; a Region: its pixels)."""
     method, options = get_method(name), run.options
     bounds = run.loaded.preprocessing.bounds(inputs.dtype, inputs.device)
     result = None
@@ -275,18 +370,20 @@ def _note_losses(run: _Run, name: str, inputs: torch.Tensor, result) -> None:
 def _write_image(run: _Run, done: _Done, image: _Image, index: int) -> Explained:
     """One (image, method, target)'s heatmap (and overlay, relevance) files; the summary record."""
     options, loaded, result = run.options, run.loaded, done.result
-    probabilities = done.output[index].softmax(0)
-    target, predicted = int(done.targets[index]), int(probabilities.argmax())
-    run.outcome.uniform += int(near_uniform(probabilities) and done.method == options.methods[0] and done.k == 0)
+    region = done.regions[index] if done.regions is not None else None
+    target, target_probability, predicted, probability = _scores(run, done, index, region)
     several = len(options.methods) > 1
     base = f"{image.stem}_{target}_{done.method}" if several else f"{image.stem}_{target}"
     heatmap_image, covered = _heatmap_image(run, image, done.shown[index])
+    border = None if region is None else _region_on(run, image, region, done.shown[index].shape)
+    heatmap_image = heatmap_image if border is None else outline(heatmap_image, border)
     files = {"heatmap": run.output / f"{base}_heatmap.png"}
     write_atomic(files["heatmap"], lambda handle: heatmap_image.save(handle, format="PNG"))
     if options.overlay:
         files["overlay"] = run.output / f"{base}_overlay.png"
         blended = overlay(heatmap_image, image.photo if options.photo_size else image.cropped)
         blended = hatch(blended, covered) if covered is not None and not bool(covered.all()) else blended
+        blended = blended if border is None else outline(blended, border)  # the blend dims the heatmap's outline
         write_atomic(files["overlay"], lambda handle: blended.save(handle, format="PNG"))
     if options.save_relevance and result is not None:
         files["relevance"] = run.output / f"{base}_relevance.npy"
@@ -294,16 +391,43 @@ def _write_image(run: _Run, done: _Done, image: _Image, index: int) -> Explained
         write_atomic(files["relevance"], lambda handle: np.save(handle, array))
     record = Explained(
         image=str(image.path), method=done.method, target=target, target_name=loaded.category(target),
-        target_probability=float(probabilities[target]), predicted=predicted,
-        predicted_name=loaded.category(predicted), probability=float(probabilities[predicted]),
+        target_probability=target_probability, predicted=predicted,
+        predicted_name=loaded.category(predicted), probability=probability,
         start=None if result is None else float(result.start[index]),
         relevance_sum=None if result is None else float(result.total[index]),
         absorbed=None if result is None or result.absorbed is None else float(result.absorbed[index]),
         conservation_error=None if result is None else float(result.conservation_error[index]),
+        task=options.task, region_pixels=None if region is None else int(region.sum()),
         **{key: str(value) for key, value in files.items()},
     )
     _collect_tile(run, image, record, heatmap_image, done.k)
     return record
+
+
+def _scores(run: _Run, done: _Done, index: int, region: torch.Tensor | None) -> tuple[int, float, int, float]:
+    """``(target, its probability, predicted class, its probability)`` of one image; counts a (near) uniform output.
+    For a region: the label, its mean probability over the region, twice (the region is where it is predicted)."""
+    target = int(done.targets[index])
+    probabilities = done.output[index].softmax(0)
+    if region is not None:
+        mean = float(probabilities[target][region].mean())
+        return target, mean, target, mean
+    predicted = int(probabilities.argmax())
+    first = done.method == run.options.methods[0] and done.k == 0
+    run.outcome.uniform += int(near_uniform(probabilities) and first)
+    return target, float(probabilities[target]), predicted, float(probabilities[predicted])
+
+
+def _region_on(run: _Run, image: _Image, region: torch.Tensor, input_size: torch.Size) -> torch.Tensor:
+    """A region of the output (H, W) where the heatmap shows it: at the model input's size, or laid over the photo
+    (the part the crop cut off outside it)."""
+    mask = region[None, None].float()
+    if tuple(mask.shape[-2:]) != tuple(input_size):  # an output coarser than the input
+        mask = torch.nn.functional.interpolate(mask, size=tuple(input_size), mode="nearest")
+    if not run.options.photo_size:
+        return mask[0, 0].cpu() > 0.5
+    values, _ = to_photo(mask[0, 0].cpu(), run.loaded.preprocessing.input_region(image.photo.size), image.photo.size)
+    return values > 0.5
 
 
 def _heatmap_image(run: _Run, image: _Image, shown: torch.Tensor) -> tuple[Image.Image, torch.Tensor | None]:
@@ -324,6 +448,9 @@ def _collect_tile(run: _Run, image: _Image, record: Explained, heatmap: Image.Im
         return
     caption = [image.path.name, f"{class_label(record.target, record.target_name)}",
                f"p={record.target_probability:.3f}"]
+    if record.region_pixels is not None:  # why these pixels are the label
+        caption[1:] = [f"why {record.region_pixels} px are {class_label(record.target, record.target_name)}",
+                       f"mean p={record.target_probability:.3f}"]
     _, _, heatmaps = run.tiles.setdefault(key, (image.photo, caption, {}))
     heatmaps[record.method] = (heatmap, _relevance_caption(record))
 

@@ -142,3 +142,30 @@ def overlay(heatmap_image: Image.Image, image: Image.Image, alpha: float = 0.6) 
     """The heatmap blended over a grayscale copy of the image (scaled to the heatmap's size)."""
     base = image.convert("L").convert("RGB").resize(heatmap_image.size, Image.BILINEAR)
     return Image.blend(base, heatmap_image.convert("RGB"), alpha)
+
+
+# the colour of a region's outline: pure green, which none of zennit's colour maps (bwr, coldnhot, hot, gray, ...)
+# draws, so the outline stands out on every heatmap
+OUTLINE_COLOUR = (0, 255, 0)
+
+
+def region_border(mask: torch.Tensor) -> torch.Tensor:
+    """The 1-pixel contour around a boolean region (H, W): the pixels outside it with a 4-neighbour inside, and its own
+    pixels on the image's edge (so the contour closes there). Drawn outside the region, it leaves the region's own
+    pixels to be seen, however thin it is."""
+    inside = mask.bool()
+    padded = torch.nn.functional.pad(inside[None, None].float(), (1, 1, 1, 1))[0, 0].bool()
+    touches = padded[:-2, 1:-1] | padded[2:, 1:-1] | padded[1:-1, :-2] | padded[1:-1, 2:]
+    edge = torch.ones_like(inside)
+    edge[1:-1, 1:-1] = False
+    return (touches & ~inside) | (inside & edge)
+
+
+def outline(image: Image.Image, mask: torch.Tensor, colour: tuple[int, int, int] = OUTLINE_COLOUR) -> Image.Image:
+    """``image`` with the region ``mask`` (H, W, the image's size) outlined in ``colour``: the pixels of its
+    1-pixel contour (:py:func:`region_border`) painted over."""
+    if tuple(mask.shape) != (image.height, image.width):
+        raise ValueError(f"the mask is {tuple(mask.shape)} but the image is {(image.height, image.width)}")
+    array = np.asarray(image.convert("RGB")).copy()
+    array[region_border(mask).cpu().numpy()] = colour
+    return Image.fromarray(array, mode="RGB")

@@ -35,6 +35,11 @@ HF_PREFIX = "hf/"
 
 # torchvision's image classifiers, by name (resnet50, convnext_tiny, vit_b_16, swin_t, ...)
 TORCHVISION_MODELS = tuple(torchvision.models.list_models(module=torchvision.models))
+# torchvision's semantic segmentation models (fcn_resnet50, deeplabv3_resnet50, lraspp_mobilenet_v3_large, ...): their
+# output is a dict whose "out" holds the logits (N, K, H, W), which attribution takes by convention
+SEGMENTATION_MODELS = tuple(torchvision.models.list_models(module=torchvision.models.segmentation))
+# what a model is for: one class per image, or one class per pixel
+TASKS = ("classification", "segmentation")
 
 
 @dataclass
@@ -46,6 +51,7 @@ class LoadedModel:
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
     categories: list[str] | None = None
     weights: str | None = None
+    task: str = "classification"
 
     def category(self, index: int) -> str:
         """The class's name where the weights carry names, else its index."""
@@ -56,7 +62,15 @@ class LoadedModel:
 
 def model_names() -> list[str]:
     """The model names :py:func:`load_model` takes, besides ``timm/<any timm model>``."""
-    return [*DEMO_MODELS, *TORCHVISION_MODELS]
+    return [*DEMO_MODELS, *TORCHVISION_MODELS, *SEGMENTATION_MODELS]
+
+
+def model_task(name: str) -> str:
+    """What the model ``name`` is for, before it is built: "segmentation" for a segmentation demo model and
+    torchvision's segmentation models, "classification" for every other."""
+    if name in DEMO_MODELS:
+        return DEMO_MODELS[name].task
+    return "segmentation" if name in SEGMENTATION_MODELS else "classification"
 
 
 def load_model(
@@ -102,9 +116,12 @@ def _load(name, weights, num_classes, device) -> LoadedModel:
         loaded = _hf(name, weights, num_classes)
     elif name in TORCHVISION_MODELS:
         loaded = _torchvision(name, weights, num_classes)
+    elif name in SEGMENTATION_MODELS:
+        loaded = _torchvision_segmentation(name, weights, num_classes)
     else:
         raise UnknownNameError(f"unknown model {name!r}; choose a torchvision classifier (resnet50, convnext_tiny, "
-                               f"vit_b_16, ...: torchvision.models.list_models()), a demo model "
+                               f"vit_b_16, ...: torchvision.models.list_models()) or segmentation model "
+                               f"({', '.join(SEGMENTATION_MODELS)}), a demo model "
                                f"({', '.join(DEMO_MODELS)}), {TIMM_PREFIX}<name> for a timm model, or "
                                f"{HF_PREFIX}<folder or name> for a Hugging Face one")
     loaded.model = loaded.model.eval().to(device)
@@ -120,11 +137,11 @@ def _demo(name, weights, num_classes) -> LoadedModel:
     classes = num_classes or spec.num_classes
     model = spec.build(classes)
     if str(weights) == RANDOM_WEIGHTS:
-        return LoadedModel(model, name, spec.preprocessing, None, None)
+        return LoadedModel(model, name, spec.preprocessing, None, None, spec.task)
     path = weights if weights is not None else spec.checkpoint
     load_checkpoint(model, path, name)
     return LoadedModel(model, name, spec.preprocessing, spec.categories if classes == spec.num_classes else None,
-                       str(path))
+                       str(path), spec.task)
 
 
 def _timm(name, weights, num_classes) -> LoadedModel:
@@ -283,6 +300,46 @@ def _torchvision(name, weights, num_classes) -> LoadedModel:
                          "file elsewhere and pass its path as the weights") from None
     return LoadedModel(model, name, Preprocessing.from_transforms(entry.transforms()),
                        list(entry.meta["categories"]), str(entry))
+
+
+def _torchvision_segmentation(name, weights, num_classes) -> LoadedModel:
+    """A torchvision segmentation model: random or from a checkpoint (with no backbone weights downloaded), or with
+    torchvision weights by name (VOC's 21 classes); preprocessed as its published weights are, the resize also a
+    square center crop, so images of any shape make one batch."""
+    enum = torchvision.models.get_model_weights(name)
+    preprocessing = _segmentation_preprocessing(enum.DEFAULT.transforms())
+    if _random(weights) or _looks_like_path(weights):
+        model = torchvision.models.get_model(name, weights=None, weights_backbone=None,
+                                             num_classes=num_classes or 21)
+        if not _random(weights):
+            load_checkpoint(model, weights, name)
+        return LoadedModel(model, name, preprocessing, None, None if _random(weights) else str(weights),
+                           "segmentation")
+    choices = [member.name for member in enum] + ["DEFAULT"]
+    key = str(weights).split(".")[-1]
+    if key not in choices:
+        raise UnknownNameError(f"unknown weights {weights!r} for {name}; choose one of {', '.join(choices)}, "
+                               f"{RANDOM_WEIGHTS!r} or a checkpoint file")
+    entry = enum[key] if key != "DEFAULT" else enum.DEFAULT
+    classes = len(entry.meta["categories"])
+    if num_classes not in (None, classes):
+        raise UnknownNameError(f"{entry} has {classes} classes, not {num_classes}; drop --num-classes or use a "
+                               "checkpoint file")
+    try:
+        model = torchvision.models.get_model(name, weights=entry)
+    except Exception as error:  # network failures come in many types
+        raise ModelError(f"could not download {entry} ({error.__class__.__name__}); without internet, download the "
+                         "file elsewhere and pass its path as the weights") from None
+    return LoadedModel(model, name, _segmentation_preprocessing(entry.transforms()),
+                       list(entry.meta["categories"]), str(entry), "segmentation")
+
+
+def _segmentation_preprocessing(transform) -> Preprocessing:
+    """torchvision's ``SemanticSegmentation`` transform (a resize, no crop) as a resize and a square crop of the
+    same side."""
+    side = transform.resize_size[0] if transform.resize_size else 0
+    return Preprocessing(resize=side, crop=side, mean=tuple(transform.mean), std=tuple(transform.std),
+                         interpolation=transform.interpolation.value)
 
 
 def _timm_model(name: str, num_classes: int | None) -> tuple[torch.nn.Module, Preprocessing]:
