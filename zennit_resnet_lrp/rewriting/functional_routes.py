@@ -1,6 +1,7 @@
-"""Activations, average pools, normalisations, reductions, folds and other elementwise functions written as functions
-in a forward (``F.gelu(x)``, ``x.mean((2, 3))``, ``F.layer_norm(...)``, ``x.sum(1)``, ``x ** 2``, ``F.fold(...)``):
-routed through the modules that compute the same, so that composites give them their rules."""
+"""Activations, average pools, normalisations, reductions, folds, zero padding and other elementwise functions written
+as functions in a forward (``F.gelu(x)``, ``x.mean((2, 3))``, ``F.layer_norm(...)``, ``x.sum(1)``, ``x ** 2``,
+``F.fold(...)``, ``F.pad(x, widths)``): routed through the modules that compute the same, so that composites give them
+their rules."""
 from __future__ import annotations
 
 import inspect
@@ -9,7 +10,7 @@ import operator
 import torch
 import torch.nn.functional as F
 
-from .modules import SLOT, Elementwise, Fold, FunctionalNorm, FunctionalPool, SumOver
+from .modules import PADDING_LAYOUT, SLOT, Elementwise, Fold, FunctionalNorm, FunctionalPool, Pad, SumOver
 from .routes import VARIABLE, Facts, Route
 
 
@@ -45,8 +46,8 @@ NORM_FUNCTIONS = {F.layer_norm, F.group_norm, F.batch_norm, F.instance_norm, F.l
 
 
 def route_function(op: str, target, args: tuple, kwargs: dict, facts: Facts) -> Route | None:
-    """A functional activation, average pool, normalisation, sum over a dimension, fold or elementwise function of an
-    input-dependent tensor: the module that computes the same."""
+    """A functional activation, average pool, normalisation, sum over a dimension, fold, zero padding or elementwise
+    function of an input-dependent tensor: the module that computes the same."""
     if not args or not facts.dependent(args[0]):
         return None
     try:
@@ -60,6 +61,8 @@ def route_function(op: str, target, args: tuple, kwargs: dict, facts: Facts) -> 
             return _route_reduction(args, kwargs, facts)
         if op == "call_function" and target is F.fold:
             return _route_fold(args, kwargs, facts)
+        if op == "call_function" and target is F.pad:
+            return _route_pad(args, kwargs, facts)
         if op == "call_function" and target in ELEMENTWISE_FUNCTIONS:
             return _route_elementwise(ELEMENTWISE_FUNCTIONS[target], args, kwargs, facts)
         if op == "call_method" and target in ELEMENTWISE_METHODS:
@@ -97,6 +100,28 @@ def _route_fold(args: tuple, kwargs: dict, facts: Facts) -> Route | None:
     if any(facts.computed(value) for value in geometry.values()):
         return None
     return Route("fold", lambda: Fold(**geometry), (args[0], bound.arguments["output_size"]))
+
+
+def _route_pad(args: tuple, kwargs: dict, facts: Facts) -> Route | None:
+    """``F.pad`` with zeros (windows padded to fit, then cropped): its gradient, a crop, would drop the relevance that
+    reaches the padding (the padded tokens' values after a norm and a linear layer carry some), the padding rule moves
+    it to the edge. The widths may be read off sizes at run time; at most three padded dimensions, less the outer
+    ones padded by constant zeros (:py:func:`~.modules.padding_layout`, the layout the rule reads)."""
+    try:
+        bound = inspect.signature(F.pad).bind(*args, **kwargs)
+    except (TypeError, ValueError):
+        return None
+    bound.apply_defaults()
+    widths, mode, value = (bound.arguments[key] for key in ("pad", "mode", "value"))
+    if mode != "constant" or value not in (None, 0) or not isinstance(widths, (tuple, list)) or len(widths) % 2 \
+            or any(facts.dependent(width) for width in widths):
+        return None
+    outer = len(widths)
+    while outer > 2 and all(not facts.computed(width) and width == 0 for width in widths[outer - 2:outer]):
+        outer -= 2
+    if outer > 6:
+        return None
+    return Route("padding", Pad, (bound.arguments["input"], tuple(widths)), layout=PADDING_LAYOUT)
 
 
 def _route_elementwise(function, args: tuple, kwargs: dict, facts: Facts) -> Route | None:

@@ -125,14 +125,20 @@ class ChildNames:
 
 
 def insert(graph: torch.fx.Graph, node: Node, route: Route, names: ChildNames, analysis: Analysis) -> None:
-    """Call a new child instead of ``node``; a sum whose operands include earlier sums used by it alone takes their
-    place (one sum of all the operands)."""
+    """Call a new child instead of ``node`` (its operands brought into the layout the route names and back); a sum
+    whose operands include earlier sums used by it alone takes their place (one sum of all the operands)."""
     for merged in route.merged:
         name, _, _ = analysis.sums.pop(merged)
         names.made.pop(name)
     name = names.new(route.base, route.make)
     with graph.inserting_before(node):
-        routed = graph.call_module(name, route.operands)
+        operands = route.operands
+        if route.layout is not None:
+            moved = graph.call_function(route.layout[0], operands)
+            operands = tuple(graph.call_function(operator.getitem, (moved, index)) for index in range(len(operands)))
+        routed = graph.call_module(name, operands)
+        if route.layout is not None:
+            routed = graph.call_function(route.layout[1], (routed, *route.operands))
     analysis.replace(node, routed)
     node.replace_all_uses_with(routed)
     graph.erase_node(node)

@@ -283,6 +283,26 @@ class Pad(torch.nn.Module):
         return F.pad(input, widths)
 
 
+def padding_layout(input: torch.Tensor, widths: Sequence[int]) -> tuple[torch.Tensor, tuple]:
+    """``F.pad(input, widths)``'s operands in the layout a :py:class:`Pad`'s rule reads, on any layout (timm's windows
+    pad channels-last maps, ``(0, 0, 0, right, 0, bottom)``): the padded dimensions behind a batch and a channel axis,
+    the outer dimensions padded by nothing left out of the widths (so at most three are padded, the rule's limit).
+    :py:func:`from_padding_layout` brings the padded result back."""
+    widths = tuple(widths)
+    while len(widths) > 2 and tuple(widths[-2:]) == (0, 0):
+        widths = widths[:-2]
+    return input.reshape(-1, 1, *input.shape[input.ndim - len(widths) // 2:]), widths
+
+
+def from_padding_layout(padded: torch.Tensor, input: torch.Tensor, widths: Sequence[int]) -> torch.Tensor:  # noqa: A002
+    """A :py:class:`Pad`'s output on :py:func:`padding_layout`'s operands in the layout of ``input``."""
+    kept = input.ndim - (padded.ndim - 2)  # the dimensions in front of the padded ones
+    return padded.reshape(*input.shape[:kept], *padded.shape[2:])
+
+
+PADDING_LAYOUT = (padding_layout, from_padding_layout)
+
+
 class Token(torch.nn.Module):
     """A tensor of the model's own (a class token, expanded to the batch) handed to a child module as an argument
     (CaiT's class-attention blocks take the class token so). The identity; the relevance it receives ends on the

@@ -9,9 +9,9 @@ seen while it runs). Both describe an operation as ``torch.fx`` does (``op``, ``
 - a product where exactly one factor is a gate: :py:class:`GatedProduct`; of two other input-dependent tensors:
   ``Product``; by anything else (a parameter, a number): ``Scale``; a quotient of an input-dependent tensor: ``Scale``;
 - a matrix product of two input-dependent tensors (``@``, ``matmul``, ``bmm``, a two-operand ``einsum``): an
-  :py:class:`AttentionProduct` where one factor holds attention weights (given first), a ``MatrixProduct``
-  otherwise; fused attention: ``Attention``; a softmax: ``nn.Softmax``; a concatenation of input-dependent tensors
-  with the model's own (tokens): ``TokenConcat``;
+  :py:class:`AttentionProduct` where one factor holds attention weights (given first: ``v @ attn^T`` becomes an
+  einsum with the weights first), a ``MatrixProduct`` otherwise; fused attention: ``Attention``; a softmax:
+  ``nn.Softmax``; a concatenation of input-dependent tensors with the model's own (tokens): ``TokenConcat``;
 - activations, pools, normalisations, sums over a dimension and other functions: :py:mod:`.functional_routes`.
 """
 from __future__ import annotations
@@ -114,9 +114,9 @@ def _attention(op: str, target, args: tuple, kwargs: dict, facts: Facts) -> Rout
     if operands is None or not all(facts.dependent(operand) for operand in operands):
         return None
     weights = [facts.attention_weights(operand) for operand in operands]
-    if weights[0] or weights[1] and equation is not None:
-        if not weights[0]:
-            operands, equation = operands[::-1], _swapped(equation)
+    if weights[0] or weights[1]:
+        if not weights[0]:  # ``v @ attn^T`` (EfficientViT's cascaded groups): as an einsum, the weights first
+            operands, equation = operands[::-1], _swapped(equation or _MATMUL)
         return Route("attention_product", lambda: AttentionProduct(equation), operands)
     return Route("matrix_product", lambda: MatrixProduct(equation), operands)
 
@@ -134,6 +134,10 @@ def matrix_operands(op: str, target, args: tuple, kwargs: dict) -> tuple[str | N
     except TypeError:  # an unhashable target
         pass
     return None, None
+
+
+# ``a @ b`` as an einsum (batch dimensions broadcast as matmul's do), for reversing its operands
+_MATMUL = "...ij,...jk->...ik"
 
 
 def _swapped(equation: str) -> str:

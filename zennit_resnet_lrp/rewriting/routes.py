@@ -13,13 +13,16 @@ VARIABLE = object()  # an argument computed at run time from something other tha
 class Route(NamedTuple):
     """How one operation is routed: through a child named after ``base``, made by ``make``, called on ``operands``
     (the path's own values: graph nodes or tensors, and constants); for a sum, the operands' ``signs`` and the
-    earlier sums it takes the place of (``merged``)."""
+    earlier sums it takes the place of (``merged``). ``layout``, where the child's rule reads another layout than the
+    operation's: ``(into, back)``, ``into(*operands)`` the operands the child is called on, ``back(result,
+    *operands)`` its result as the operation's (reshapes only: their gradient moves relevance unchanged)."""
 
     base: str
     make: Callable[[], torch.nn.Module]
     operands: tuple
     signs: tuple = ()
     merged: tuple = ()
+    layout: tuple[Callable, Callable] | None = None
 
 
 class Facts:

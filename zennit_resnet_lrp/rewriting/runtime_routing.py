@@ -34,7 +34,7 @@ from .functional_routes import ACTIVATION_FUNCTIONS
 from .graph_analysis import ChildNames, is_gate_module
 from .modules import (
     Attention, AttentionProduct, Elementwise, Fold, FunctionalNorm, FunctionalPool, GatedProduct, MatrixProduct,
-    Product, ResidualSum, Scale, SumOver, Token, linear_child,
+    Pad, Product, ResidualSum, Scale, SumOver, Token, linear_child,
 )
 from .operations import classify, matrix_operands
 from .routes import VARIABLE, Facts, Route
@@ -45,7 +45,7 @@ Tensor = torch.Tensor
 # one prototype of each kind of module a route makes (kind -> how to make one): the composite gives each its rule
 PROTOTYPES: dict[type, Callable[[], torch.nn.Module]] = {
     **{kind: kind for kind in (ResidualSum, GatedProduct, Product, Scale, AttentionProduct, MatrixProduct, Attention,
-                               Token, torch.nn.Softmax, *ACTIVATION_FUNCTIONS.values())},
+                               Token, Pad, torch.nn.Softmax, *ACTIVATION_FUNCTIONS.values())},
     SumOver: lambda: SumOver(-1), Elementwise: lambda: Elementwise(torch.abs),
     FunctionalNorm: lambda: FunctionalNorm(F.layer_norm, (), {}), FunctionalPool: lambda: FunctionalPool(torch.mean),
     Fold: lambda: Fold(1),
@@ -310,6 +310,8 @@ class _Router(TorchFunctionMode, Facts):
         made = route.make()
         prototype = self.module.get_submodule(self.forward.children[type(made)])
         made.train(prototype.training)
+        if route.layout is not None:
+            operands = route.layout[0](*operands)
         self.running = True
         try:
             if _configured_alike(made, prototype):
@@ -318,6 +320,8 @@ class _Router(TorchFunctionMode, Facts):
                 result = run_with_rule_of(prototype, made, *operands)
         finally:
             self.running = False
+        if route.layout is not None:
+            result = route.layout[1](result, *route.operands)
         if route.base == "residual_sum":
             self.sums[id(result)] = (route.operands, route.signs or (1,) * len(route.operands))
         return result
