@@ -202,6 +202,12 @@ def explain(images, run, *, method_list, target, top_k, task, start_with, heat_q
     _explain_warnings(run, outcome, len(paths))
     if outcome.results:
         click.echo(f"wrote {len(outcome.results)} heatmap(s) and summary.json/summary.csv to {output}", err=True)
+    for _, reason in outcome.without_region:
+        click.echo(f"note: {reason}: nothing to explain there", err=True)
+    if outcome.without_region and not outcome.results and not outcome.failures:
+        click.echo(f"error: the model assigns no pixel to {class_phrase(target, loaded.category(target))} in any of "
+                   f"the {len(paths)} image(s)", err=True)
+        sys.exit(1)
     for path, reason in outcome.failures:
         click.echo(f"error: {reason}", err=True)
     if outcome.failures:
@@ -347,10 +353,11 @@ def _check_regions(run: RunOptions, loaded, inputs, paths, source: str, label: i
         _check_output(checked.report, f"{run.model}, method {method}, {source}, {dtype}; the pixels assigned to "
                       f"{phrase}: {sizes} per input", extra, json_path, plot, f"{run.model}, {method}, {phrase}")
     for index in checked.empty:
-        click.echo(f"error: the model assigns no pixel to {phrase} in {names[index]}", err=True)
-    if checked.empty:
-        click.echo(f"error: {len(checked.empty)} of {len(names)} input(s) have no pixel of {phrase}", err=True)
-    if checked.empty or not checked.report.passed:
+        click.echo(f"note: the model assigns no pixel to {phrase} in {names[index]}: nothing to check there", err=True)
+    if checked.report is None:
+        click.echo(f"error: the model assigns no pixel to {phrase} in any of the {len(names)} input(s)", err=True)
+        sys.exit(1)
+    if not checked.report.passed:
         sys.exit(1)
 
 

@@ -106,6 +106,8 @@ class ExplainOutcome:
 
     results: list[Explained] = field(default_factory=list)
     failures: list[tuple[Path, str]] = field(default_factory=list)
+    # segmentation: images where the model assigns no pixel to the label (nothing to explain there), and why
+    without_region: list[tuple[Path, str]] = field(default_factory=list)
     notes: list[tuple[Path, str]] = field(default_factory=list)
     losses: dict[str, Loss] = field(default_factory=dict)
     unlike_digits: int = 0
@@ -254,14 +256,14 @@ def _explain_classes(run: _Run, names: list[str], images: list[_Image],
 
 def _explain_regions(run: _Run, names: list[str], images: list[_Image],
                      inputs: torch.Tensor) -> Iterator[tuple["_Done", _Image, int]]:
-    """Each method's attribution of the pixels the model assigns to the label, per image; an image with none is a
-    failure that names it, and the others go on."""
+    """Each method's attribution of the pixels the model assigns to the label, per image; an image with none is
+    recorded as such (:py:attr:`ExplainOutcome.without_region`), and the others go on."""
     label = run.options.target
     masks = label_regions(run.loaded.model, inputs, label, run.options.batch_size)
     keep = [index for index in range(len(images)) if bool(masks[index].any())]
     phrase = class_phrase(label, run.loaded.category(label))
-    run.outcome.failures += [(image.path, f"the model assigns no pixel to {phrase} in {image.path}")
-                             for index, image in enumerate(images) if index not in keep]
+    run.outcome.without_region += [(image.path, f"the model assigns no pixel to {phrase} in {image.path}")
+                                   for index, image in enumerate(images) if index not in keep]
     if not keep:
         return
     images, region = [images[index] for index in keep], Region(label, masks[keep])
