@@ -61,3 +61,25 @@ def test_rule_profile_counts_every_convolution_of_a_resnet18():
     assert int(rows[("ZPlus", "Conv2d")][2]) == 20  # 17 in the blocks and the stem, 3 projections
     assert int(rows[("ZPlus", "Linear")][2]) == 1
     assert sum(float(row[4].strip().rstrip("%")) for row in rows.values()) > 95  # shares rounded to whole percents
+
+
+@pytest.mark.slow
+def test_segmentation_and_video_models_get_rows_with_ratios_to_their_gradient():
+    """fcn_resnet50 explains a region (its peers that explain classes only are skipped, saying why); r3d_18 a class
+    of a (batch, 3, 4, 32, 32) clip."""
+    methods = ["gradient", "captum_lrp", "flows_skip_conservative"]
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "attribution.py"), "--models", "fcn_resnet50,r3d_18", "--batches", "1",
+         "--size", "32", "--frames", "4", "--repeats", "1", "--threads", "1", "--methods", ",".join(methods)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "32x32, video 4x32x32" in done.stdout.splitlines()[0]
+    rows = {(cells[0].strip(), cells[2].strip()): cells for line in done.stdout.splitlines()
+            if line.startswith(("| fcn_resnet50", "| r3d_18")) for cells in [line.strip("|").split("|")]}
+    for model in ("fcn_resnet50", "r3d_18"):
+        assert float(rows[model, "gradient"][4]) == 1.0
+        ours = rows[model, "flows_skip_conservative"]
+        assert float(ours[4]) > 0 and float(ours[6]) > 0
+    assert "skipped: captum_lrp explains classes" in rows["fcn_resnet50", "captum_lrp"][3]
+    assert "raises: TypeError" in rows["r3d_18", "captum_lrp"][3]  # captum has no rule for Conv3d

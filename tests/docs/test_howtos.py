@@ -7,7 +7,7 @@ import pytest
 from zennit.composites import COMPOSITES
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
-PAGES = ("howto-rule.md", "howto-route.md", "howto-breakdown.md", "howto-composite.md")
+PAGES = ("howto-rule.md", "howto-route.md", "howto-breakdown.md", "howto-composite.md", "howto-video.md")
 BLOCK = re.compile(r"^```python\n(.*?)^```$", re.MULTILINE | re.DOTALL)
 
 
