@@ -165,3 +165,4 @@ SLOW = {("davit_tiny", 64), ("sam2_hiera_tiny", 64), ("halonet_h1", 256)}
     ids=[f"{name}-{height}x{width}" for name, _, height, width in CASES])
 def test_timm_family_conserves_at_size(name, options, height, width):
     _conserves(_timm_model(name, **options), _inputs(height, width))
+

@@ -148,3 +148,39 @@ def test_tracing_is_cached_but_follows_changed_children():
     assert not second["layers.0.residual_sum"].identity_skip  # the skip now goes through a module of its own
     model.layers[0].shortcut = torch.nn.Sequential()  # a new child of an earlier type: traced again too
     assert _routed(model)["layers.0.residual_sum"].identity_skip
+
+
+class _DecoderBlock(torch.nn.Module):
+    """segmentation_models_pytorch's Linknet decoder block in small: a skip added where it is given and has
+    channels, a condition torch.fx cannot trace (the form without the skip traces)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x, skip=None):
+        x = torch.relu(self.conv(x))
+        if skip is not None and skip.shape[1] != 0:
+            x = x + skip
+        return x
+
+
+class _Decoder(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.block, self.head = torch.nn.Conv2d(3, 4, 1), _DecoderBlock(), torch.nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        features = torch.relu(self.stem(x))
+        return self.head(self.block(features, features))
+
+
+def test_a_call_form_that_does_not_trace_is_routed_while_it_runs():
+    """Traced without the skip and called with one, the block's addition ran unrouted (the skip got the whole
+    relevance again: 2x the start); the block is routed while it runs instead."""
+    torch.manual_seed(0)
+    model = _Decoder().double().eval()
+    inputs = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    result = lrp.attribute(model, inputs, target=lrp.Region(0), tolerance=None)
+    torch.testing.assert_close(result.relevance.sum(), result.start.sum(), rtol=1e-10, atol=0)
+    assert any("skip given" in reason for _, _, reason in result.untraced)

@@ -113,18 +113,18 @@ def _frozen(value):
 def rewrite(module: torch.nn.Module) -> Rewrite | None:
     """The rewritten forward of ``module``, or None when its forward has nothing to route. A forward with optional
     arguments (``mask=None``) is traced once for each of them given or None (code often branches on that), and the
-    rewritten forward picks the trace that fits each call. Raises :py:class:`TraceFailure` when no trace succeeds."""
-    names, variants, failure = ChildNames(module), {}, None
+    rewritten forward picks the trace that fits each call. Raises :py:class:`TraceFailure` when a trace fails: a
+    call of that form would otherwise run unrouted (a decoder block traced without its skip, called with one, adds
+    the skip by the gradient), so the module is routed while it runs instead, whatever the form."""
+    names, variants = ChildNames(module), {}
     for absent in absences(module):
         try:
             graph, constants = trace(module, absent)
         except TraceFailure as error:
-            failure = failure or error
-            continue
+            given = sorted(set(optional_arguments(module)) - set(absent))
+            raise TraceFailure(f"{error}" + (f" (with {', '.join(given)} given)" if given else "")) from None
         route_operations(graph, module, names)
         variants[absent] = (graph, constants)
-    if not variants:
-        raise failure
     if not names.made:
         return None
     forwards = {absent: compile_forward(graph, module) for absent, (graph, _) in variants.items()}
