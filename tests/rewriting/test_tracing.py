@@ -184,3 +184,41 @@ def test_a_call_form_that_does_not_trace_is_routed_while_it_runs():
     result = lrp.attribute(model, inputs, target=lrp.Region(0), tolerance=None)
     torch.testing.assert_close(result.relevance.sum(), result.start.sum(), rtol=1e-10, atol=0)
     assert any("skip given" in reason for _, _, reason in result.untraced)
+
+
+class CachedBias(torch.nn.Module):
+    """LeViT's attention bias in short: in eval mode a bias made from a parameter is cached in a plain dict keyed by
+    the input's device (tracing keys it by a proxy), and added to a residual branch."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(channels, channels, 3, padding=1)
+        self.bias = torch.nn.Parameter(torch.randn(channels, 1, 1))
+        self.bias_cache = {}
+        self.calls = []
+
+    def cached_bias(self, device):
+        key = str(device)
+        if key not in self.bias_cache:
+            self.bias_cache[key] = self.bias * 2
+        return self.bias_cache[key]
+
+    def forward(self, x):
+        self.calls.append(len(self.calls))
+        return x + self.conv(x) + self.cached_bias(x.device)
+
+
+def test_tracing_leaves_a_forward_s_cache_as_it_was_and_attributes_again():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), CachedBias(4),
+                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 10))
+    model = model.double().eval()
+    block = model[2]
+    state = {key: value.clone() for key, value in model.state_dict().items()}
+    cache, calls = block.bias_cache, block.calls
+    composite = lrp.make_composite()
+    for used in (composite, composite, lrp.make_composite()):  # a second trace read the first's proxy: KeyError
+        result = lrp.attribute(model, make_inputs(1, 8), used)
+        assert float(result.conservation_error.max()) <= 1e-10
+        assert block.bias_cache is cache and block.bias_cache == {} and block.calls is calls
+    assert all(torch.equal(model.state_dict()[key], value) for key, value in state.items())

@@ -103,3 +103,48 @@ def test_outlook_attention_conserves_at_two_sizes_on_both_paths_and_restores():
     assert all(torch.equal(model.state_dict()[key], value) for key, value in state.items())
     assert all("forward" not in module.__dict__ for module in model.modules())
     assert [type(module).__name__ for module in model.modules()].count("Fold") == 0
+
+
+def test_fold_split_moves_relevance_of_pixels_no_window_covers_to_the_nearest_covered():
+    # 2x2 windows at stride 2 on a 3x5 map cover rows 0-1 and columns 0-3; at stride 3, column 2 lies between windows
+    for stride, size, rows, cols in ((2, (3, 5), [0, 1, 1], [0, 1, 2, 3, 3]), (3, (2, 5), [0, 1], [0, 1, 1, 3, 4])):
+        module = Fold(kernel_size=2, stride=stride)
+        windows = ((size[0] - 2) // stride + 1) * ((size[1] - 2) // stride + 1)
+        x = torch.randn(2, 3 * 4, windows, dtype=torch.float64)
+        relevance = torch.randn_like(module(x, size))
+        moved = torch.zeros_like(relevance)
+        for row, target_row in enumerate(rows):
+            for col, target_col in enumerate(cols):
+                moved[..., target_row, target_col] += relevance[..., row, col]
+        for mode in ("ratio", "symmetric"):
+            result = FoldSplit(mode).relevance(module, (x,), relevance)
+            torch.testing.assert_close(result, FoldSplit(mode).relevance(module, (x,), moved))
+            torch.testing.assert_close(result.sum((1, 2)), relevance.sum((1, 2, 3)), rtol=0, atol=1e-12)
+
+
+class PatchRoundTrip(torch.nn.Module):
+    """MobileViTV2's global block in short: the map unfolded into 2x2 patches at stride 2 (a map of odd width loses
+    its last column), a linear map per patch position, folded back to the map's size (zeros where nothing lands)."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.mix = torch.nn.Linear(channels, channels)
+        self.project = torch.nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x):
+        batch, channels, height, width = x.shape
+        patches = F.unfold(x, kernel_size=2, stride=2).reshape(batch, channels, 4, -1)
+        patches = self.mix(patches.transpose(1, 3)).transpose(1, 3).reshape(batch, channels * 4, -1)
+        return self.project(F.fold(patches, (height, width), kernel_size=2, stride=2))
+
+
+def test_patch_round_trip_over_a_map_not_a_multiple_of_the_patch_conserves_and_restores():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), PatchRoundTrip(4),
+                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 10))
+    model = model.double().eval()
+    state = {key: value.clone() for key, value in model.state_dict().items()}
+    inputs = torch.randn(2, 3, 5, 7, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    result = lrp.attribute(model, inputs, lrp.make_composite())
+    assert float(result.conservation_error.max()) <= 1e-10
+    assert all(torch.equal(model.state_dict()[key], value) for key, value in state.items())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import re
+from typing import Callable
 
 import torch
 import torch.fx
@@ -92,8 +93,9 @@ def absences(module: torch.nn.Module) -> list[frozenset]:
 def trace(module: torch.nn.Module, absent: frozenset = frozenset()) -> tuple[torch.fx.Graph, dict]:
     """The graph of ``module``'s own forward, children as leaves, with the optional arguments in ``absent`` fixed to
     None and its flags to their defaults; and the tensor constants it reads (which ``torch.fx`` puts on the module
-    while tracing: taken off again). Raises :py:class:`TraceFailure`."""
-    before = set(vars(module))
+    while tracing: taken off again). The module's own attributes are left as they were (:py:func:`kept_state`).
+    Raises :py:class:`TraceFailure`."""
+    before, state = set(vars(module)), kept_state(module)
     try:
         fixed = {**flag_arguments(module), **{name: None for name in absent}}
         with torch.enable_grad():  # what autograd is off for is told apart by the tracer
@@ -104,7 +106,46 @@ def trace(module: torch.nn.Module, absent: frozenset = frozenset()) -> tuple[tor
         raise TraceFailure(f"{type(error).__name__}: {' '.join(str(error).split())[:200]}") from None
     finally:
         added = {key: module.__dict__.pop(key) for key in set(vars(module)) - before}
+        state()
     return graph, added
+
+
+# the attributes every module has (parameters, buffers, children, hooks): tracing leaves them alone
+_MODULE_INTERNALS = frozenset(vars(torch.nn.Module()))
+
+
+def kept_state(module: torch.nn.Module) -> Callable[[], None]:
+    """A function that puts ``module``'s plain attributes back as they are now: each rebound one to its object, each
+    dict, list or set to its present contents (in place, the same object). A forward that caches in eval mode
+    (LeViT's ``attention_bias_cache``) would otherwise keep a proxy of the trace, which the next trace reads as a node
+    of a graph gone, and the cache would no longer be the model's own.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The module about to be traced (its parameters, buffers, children and hooks are not touched).
+
+    Returns
+    -------
+    callable
+        Of no arguments: puts the attributes back.
+    """
+    bound = {key: value for key, value in vars(module).items() if key not in _MODULE_INTERNALS}
+    contents = {key: (list(value.items()) if isinstance(value, dict) else list(value))
+                for key, value in bound.items() if isinstance(value, (dict, list, set))}
+
+    def restore() -> None:
+        for key, value in bound.items():
+            if module.__dict__.get(key) is not value:
+                module.__dict__[key] = value
+        for key, items in contents.items():
+            container = bound[key]
+            container.clear()
+            if isinstance(container, list):
+                container.extend(items)
+            else:
+                container.update(items)
+    return restore
 
 
 def leaf_count(module: torch.nn.Module) -> int:
