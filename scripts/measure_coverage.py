@@ -8,7 +8,8 @@ segmentation_models_pytorch's architectures, and write docs/coverage.md.
     python scripts/measure_coverage.py --second-size-only --group attention   # the second size of measured rows
     python scripts/measure_coverage.py --report           # docs/coverage.md from the results measured so far
 
-Per model: random weights and batch-norm statistics, float64, eval mode, two seeded inputs of the model's default
+Per model: random weights and batch-norm statistics (parameters initialised to one constant made random too),
+float64, eval mode, two seeded inputs of the model's default
 size (224x224 for timm models made for inputs over 512 pixels a side, where they take another size); the plain
 gradient of the top logit and ``attribute`` (the default composite, made once, its second call timed); the
 conservation error ``max |total + absorbed - start| / start``, the exception if one is raised, the modules the
@@ -208,6 +209,12 @@ def build(source: str, name: str, at: tuple | None = None) -> tuple[torch.nn.Mod
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.running_mean is not None:
             module.running_mean.copy_(torch.randn(module.num_features, generator=generator) * 0.2)
             module.running_var.copy_(torch.rand(module.num_features, generator=generator) * 1.5 + 0.5)
+    # every parameter that is one constant at initialisation (zero-initialised projections and heads, layer scales,
+    # norms' weights and biases) made random: a branch whose output is zero gets no relevance and hides a leak
+    # (EfficientViT's attention conserved with its zero projections and lost 77% without them)
+    for parameter in model.parameters():
+        if parameter.numel() and bool(parameter.min() == parameter.max()):
+            parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.1)
     model = model.double().eval()
     if source == "video":  # no size in the weights' metadata: the first clip size the model takes
         size = next((size for size in VIDEO_SIZES if _runs(model, size)), VIDEO_SIZES[-1])
@@ -522,7 +529,9 @@ def report(rows: list[dict]) -> str:
     lines = ["# Coverage", "",
              "What the default composite (`flows_skip_conservative`) does on the smallest model of every torchvision",
              "classification family and of every timm model module, measured by `python scripts/measure_coverage.py`",
-             f"(random weights and batch-norm statistics, float64, two seeded inputs of each model's size; torch "
+             f"(random weights and batch-norm statistics, every parameter initialised to one constant made random "
+             f"too (a zero-initialised branch gets no relevance and would hide a leak), float64, two seeded inputs "
+             f"of each model's size; torch "
              f"{torch.__version__.split('+')[0]}). \"conserves\": "
              f"`max |total + absorbed - start| / start <= {TOLERANCE:g}`.",
              "Time: one `attribute` call over one plain gradient of the top logit, both on the two inputs, one thread.",
