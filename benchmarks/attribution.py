@@ -35,8 +35,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-METHODS = ["gradient", "zennit_epsilon_plus_flat", "captum_lrp", "flows_skip_conservative", "flows_skip", "flows_skip_simple",
-           "latest", "simple", "gradient@channels_last", "flows_skip_conservative@channels_last"]
+METHODS = ["gradient", "zennit_epsilon_plus_flat", "captum_lrp", "flows_skip_conservative", "flows_skip",
+           "flows_skip_simple", "latest", "simple", "gradient@channels_last", "flows_skip_conservative@channels_last"]
 CHANNELS_LAST = "@channels_last"  # suffix: the same method on channels-last inputs
 LXT = "lxt_"  # prefix: LXT's own map of the variant named after it (benchmarks/lxt_reference.py)
 SEGMENTATION = ("fcn_resnet50", "deeplabv3_resnet50", "lraspp_mobilenet_v3_large")
