@@ -1,11 +1,14 @@
 """The traced path: every operation of a traced forward that needs a module of its own is routed through the one
 :py:func:`~.operations.classify` names (what an operation is is decided there, for the run-time path too); besides,
 tokens of the model's own handed to a child, and a linear child's weight or another matrix of the model's own used
-functionally (``F.linear``, ``x @ W``), which need the graph itself rewritten."""
+functionally (``F.linear``, ``x @ W``), which need the graph itself rewritten. A forward that calls a function
+hidden from ``torch.fx`` for what it writes into its arguments is not routed from its trace (a
+:py:class:`~.tracing.TraceFailure`: it is routed while it runs, where those writes are seen)."""
 from __future__ import annotations
 
 import functools
 import operator
+import types
 
 import torch
 import torch.fx
@@ -14,12 +17,13 @@ import torch.nn.functional as F
 from .graph_analysis import Analysis, ChildNames, Node, TracedFacts, insert, reads_size
 from .modules import Token, linear_child
 from .operations import classify, matrix_operands
-from .tracing import child_of
+from .tracing import TraceFailure, child_of
 
 
 def route_operations(graph: torch.fx.Graph, module: torch.nn.Module, names: ChildNames) -> None:
     """Route every operation of ``graph`` that needs a module of its own."""
     analysis = Analysis(module, graph)
+    _refuse_hidden_writes(graph, analysis)
     facts = TracedFacts(analysis)
     for node in list(graph.nodes):
         route = classify(node.op, node.target, node.args, dict(node.kwargs), facts)
@@ -31,6 +35,21 @@ def route_operations(graph: torch.fx.Graph, module: torch.nn.Module, names: Chil
             _linear_through_child(graph, node, analysis, names)
         elif matrix_operands(node.op, node.target, node.args, dict(node.kwargs)) != (None, None):
             _matrix_product_with_own_matrix(graph, node, analysis, names)
+
+
+def _refuse_hidden_writes(graph: torch.fx.Graph, analysis: Analysis) -> None:
+    """Raise :py:class:`TraceFailure` where the forward calls a function hidden from ``torch.fx`` (``torch.fx.wrap``)
+    with an input-dependent tensor and uses no result: it is called for what it writes into its arguments (MViT's
+    ``_add_shortcut``, ``x.add_(shortcut)``), an addition the trace cannot see, whose gradient doubles relevance."""
+    for node in graph.nodes:
+        target = node.target
+        if node.op != "call_function" or node.users or not isinstance(target, types.FunctionType) \
+                or (getattr(target, "__module__", None) or "").split(".")[0] == "torch":
+            continue
+        given: list[Node] = []
+        torch.fx.node.map_arg((node.args, node.kwargs), given.append)
+        if any(arg in analysis.dependent for arg in given):
+            raise TraceFailure(f"calls {target.__name__}, hidden from torch.fx, for what it writes into its arguments")
 
 
 def _linear_through_child(graph: torch.fx.Graph, node: Node, analysis: Analysis, names: ChildNames) -> None:

@@ -340,8 +340,8 @@ class _Router(TorchFunctionMode, Facts):
         if route is None:
             return None
         routed = self._run(route)
-        if id(routed) in self.sums:
-            self.sums[id(tensor)] = self.sums[id(routed)]
+        if id(routed) in self.sums:  # moved to ``tensor``: ``routed`` is freed, and a later tensor may take its id
+            self.sums[id(tensor)] = self.sums.pop(id(routed))
         return tensor.copy_(routed)
 
     def _tokens(self, route: Route):

@@ -1,8 +1,8 @@
 """Fused modules written out through explicit modules, one kind per file, so that the rules see inside them:
 ``nn.MultiheadAttention`` (:py:mod:`.multihead`), ``nn.LSTM``, ``nn.GRU`` and ``nn.RNN`` (:py:mod:`.recurrent`),
-torchvision's shifted window attention (:py:mod:`.windows`).
+torchvision's shifted window attention and Swin's patch merging (:py:mod:`.windows`).
 
-A breakdown is a module with three names: ``matches(module)``, whether it breaks ``module`` down;
+A breakdown is a module (or another object) with three names: ``matches(module)``, whether it breaks ``module`` down;
 ``decompose(module, name)``, which gives the module children and an instance forward through them and returns the
 children's names (None: left whole), all of which ``remove()`` of the canonizer takes away again; and ``NOTE``, what
 the canonizer reports of such a module in ``untraced`` (None: nothing). Adding one is adding it to
@@ -17,7 +17,7 @@ import torch
 
 from . import multihead, recurrent, windows
 
-BREAKDOWNS: tuple[ModuleType, ...] = (multihead, recurrent, windows)
+BREAKDOWNS: tuple[ModuleType | object, ...] = (multihead, recurrent, windows, windows.PATCH_MERGING)
 
 
 def breakdown_for(module: torch.nn.Module, breakdowns: Sequence = BREAKDOWNS) -> object | None:
