@@ -222,3 +222,30 @@ def test_tracing_leaves_a_forward_s_cache_as_it_was_and_attributes_again():
         assert float(result.conservation_error.max()) <= 1e-10
         assert block.bias_cache is cache and block.bias_cache == {} and block.calls is calls
     assert all(torch.equal(model.state_dict()[key], value) for key, value in state.items())
+
+
+class _ResponseNormalised(torch.nn.Module):
+    """ConvNeXt V2's global response normalisation after a convolution: ``x + gamma * x * N(x) + beta`` with
+    ``N(x) = ||x|| / mean(||x||)`` over the map (channels last), a statistic of the features."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.head = torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.Linear(6, 2)
+        self.gamma, self.beta = torch.nn.Parameter(torch.randn(6)), torch.nn.Parameter(torch.randn(6))
+
+    def forward(self, x):
+        x = self.conv(x).permute(0, 2, 3, 1)
+        norms = torch.linalg.vector_norm(x, ord=2, dim=(1, 2), keepdim=True)
+        x = self.gamma * (x * (norms / (norms.mean(dim=-1, keepdim=True) + 1e-6))) + self.beta + x
+        return self.head(x.mean((1, 2)))
+
+
+@pytest.mark.parametrize("runtime_only", [False, True])
+def test_a_norm_of_the_features_is_held_constant_in_a_product(runtime_only):
+    """The normalisation statistic gets no relevance (it would lose it: 9% on Hugging Face's ConvNeXt V2), on both
+    paths."""
+    torch.manual_seed(0)
+    model = _ResponseNormalised().double().eval()
+    method = lrp.FlowsSkipConservative(canonizers=[lrp.ResidualCanonizer(runtime_only=runtime_only)])
+    result = lrp.attribute(model, make_inputs(2, 8), method, tolerance=None)
+    assert float(result.conservation_error.max()) < 1e-12

@@ -124,9 +124,15 @@ class ChildNames:
         return name
 
 
+# what a routed node that was a gate is recorded as (in ``Analysis.kinds``)
+GATE = "gate"
+
+
 def insert(graph: torch.fx.Graph, node: Node, route: Route, names: ChildNames, analysis: Analysis) -> None:
     """Call a new child instead of ``node`` (its operands brought into the layout the route names and back); a sum
     whose operands include earlier sums used by it alone takes their place (one sum of all the operands)."""
+    # a gate stays one through the module routing it (a quotient of norms, ``g / 2``): what uses it still sees a gate
+    was_gate = is_gate(node, analysis.module, analysis.kinds, analysis.dependent)
     for merged in route.merged:
         name, _, _ = analysis.sums.pop(merged)
         names.made.pop(name)
@@ -144,7 +150,7 @@ def insert(graph: torch.fx.Graph, node: Node, route: Route, names: ChildNames, a
     graph.erase_node(node)
     for merged in route.merged:
         graph.erase_node(merged)
-    analysis.kinds[routed] = route.base
+    analysis.kinds[routed] = GATE if was_gate and route.base != "softmax" else route.base
     if route.base == "residual_sum":
         analysis.sums[routed] = (name, route.operands, route.signs)
 
@@ -153,7 +159,7 @@ def is_gate(node: Node, module: torch.nn.Module, kinds: dict | None = None, depe
     """Whether ``node`` is a gate (:py:mod:`.vocabulary`): the output of a gate function, method or module, of a child
     whose own forward ends in one, of a node this rewrite routed through a softmax (``kinds``), or of an operation that
     keeps gates whose input-dependent operands (``dependent``; every node where None) are all gates."""
-    if kinds and kinds.get(node) == "softmax":
+    if kinds and kinds.get(node) in ("softmax", GATE):
         return True
     if node.op == "call_module":
         child = child_of(module, node.target)

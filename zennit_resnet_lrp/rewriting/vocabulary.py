@@ -2,9 +2,11 @@
 an operator, ``call_method`` with a method's name), the run-time path's calls put into those names
 (:py:func:`as_traced`), and what makes and what keeps a gate.
 
-A gate is a factor with values in [0, 1] by construction: a sigmoid's, hard sigmoid's or softmax's output (a function,
-a method or a module). It stays one through reshapes, dropout, indexing and conversions, and through arithmetic whose
-input-dependent operands are all gates (``1 - z``, ``g / 2``, ``g1 + g2``): :py:func:`keeps_gate`.
+A gate is a factor a product holds constant, all relevance going to the other factor: a sigmoid's, hard sigmoid's
+or softmax's output (values in [0, 1] by construction; a function, a method or a module), or a norm of the features
+(a normalisation statistic, as global response normalisation's ``x * ||x|| / mean(||x||)``: held constant, as a
+quotient's divisor is). It stays one through reshapes, dropout, indexing, conversions and means, and through
+arithmetic whose input-dependent operands are all gates (``1 - z``, ``g / 2``, ``g1 + g2``): :py:func:`keeps_gate`.
 """
 from __future__ import annotations
 
@@ -25,8 +27,11 @@ DROPOUTS = {F.dropout, F.dropout1d, F.dropout2d, torch.dropout}
 PASSIVE_CHILDREN = {"Dropout", "Identity", "DropPath", "Dropout1d", "Dropout2d"}
 
 # what makes a gate
-GATE_FUNCTIONS = {torch.sigmoid, F.sigmoid, F.hardsigmoid, torch.softmax, F.softmax}
-GATE_METHODS = {"sigmoid", "sigmoid_", "softmax"}
+GATE_FUNCTIONS = {torch.sigmoid, F.sigmoid, F.hardsigmoid, torch.softmax, F.softmax,
+                  torch.norm, torch.linalg.vector_norm, torch.linalg.norm}
+GATE_METHODS = {"sigmoid", "sigmoid_", "softmax", "norm"}
+# reductions that keep a gate one (a mean of norms normalises them)
+GATE_REDUCTIONS = {torch.mean, "mean"}
 GATE_MODULES = (torch.nn.Sigmoid, torch.nn.Hardsigmoid, torch.nn.Softmax)
 
 # additions, subtractions, products and quotients of two operands, as torch.fx names them -> kind
@@ -74,8 +79,8 @@ def keeps_gate(op: str, target) -> bool:
     indexing, conversions, and arithmetic (with constants or other gates)."""
     try:
         if op == "call_method":
-            return target in SHAPE_METHODS or target in BINARY
-        return target in SHAPE_FUNCTIONS or target in DROPOUTS or target in BINARY
+            return target in SHAPE_METHODS or target in BINARY or target in GATE_REDUCTIONS
+        return target in SHAPE_FUNCTIONS or target in DROPOUTS or target in BINARY or target in GATE_REDUCTIONS
     except TypeError:
         return False
 
