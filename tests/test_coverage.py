@@ -87,3 +87,29 @@ def test_training_mode_is_said_and_restored():
     with pytest.warns(lrp.TrainingModeWarning, match="attributed in eval mode"):
         lrp.attribute(model, make_inputs(1, 16), tolerance=None)
     assert all(module.training for module in model.modules())
+
+
+def test_a_token_the_model_concatenates_is_not_reported_without_a_rule():
+    """MViT's positional encoding holds its class token and only concatenates it: routed through a TokenConcat,
+    whose relevance is absorbed, it is covered."""
+
+    class ClassToken(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.token = torch.nn.Parameter(torch.randn(1, 1, 4))
+
+        def forward(self, x):
+            return torch.cat([self.token.expand(x.shape[0], -1, -1), x], dim=1)
+
+    class Tokens(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed, self.tokens, self.head = torch.nn.Conv1d(3, 4, 1), ClassToken(), torch.nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.head(self.tokens(self.embed(x).transpose(1, 2))[:, 0])
+
+    torch.manual_seed(0)
+    result = lrp.attribute(Tokens().double().eval(), torch.randn(2, 3, 5, dtype=torch.float64), tolerance=None)
+    assert result.uncovered == []
+    assert float(result.conservation_error.max()) < 1e-12

@@ -45,12 +45,15 @@ def unruled_modules(model: torch.nn.Module, composite: Composite) -> list[tuple[
 
 def uncovered_modules(model: torch.nn.Module) -> list[tuple[str, str]]:
     """``(name, class name)`` of the modules of a model with a composite registered that hold parameters of their own
-    while neither they nor any module inside them has a rule: relevance crosses them as a plain gradient."""
+    while neither they nor any module inside them has a rule: relevance crosses them as a plain gradient. Tokens the
+    model concatenates to the input (a routed ``TokenConcat`` inside: MViT's class token) are accounted for: their
+    relevance is absorbed."""
     found = []
     for name, module in model.named_modules():
         if not name or has_rule(module) or next(module.parameters(recurse=False), None) is None:
             continue
-        if any(has_rule(inner) for inner in module.modules()):  # broken down into children with rules (an LSTM)
+        # broken down into children with rules (an LSTM), or its parameters concatenated as tokens
+        if any(has_rule(inner) or type(inner).__name__ == "TokenConcat" for inner in module.modules()):
             continue
         found.append((name, type(module).__name__))
     return found
