@@ -238,6 +238,9 @@ class ResNetLRP(ResidualComposite, SpecialFirstLayerMapComposite):
             (torch.nn.Upsample, PoolProportional(**rule_args)),  # also a linear map of the input: nearest, bilinear
             (PADDING, PaddingToEdge(fast=fast)),
             (torch.nn.MaxPool2d, maxpool_rule),
+            # signals' and clips' max-pools: the rules that take any rank (the reference's stand-in is 2x2)
+            *([((torch.nn.MaxPool1d, torch.nn.MaxPool3d), maxpool_rule)]
+              if isinstance(maxpool_rule, (MaxPoolProportional, MaxPoolWinnerTakesAll)) else []),
         ]
         first = first_rule if first_rule is not None else self.first_rule
         if isinstance(first, str):

@@ -234,3 +234,17 @@ def test_uniform_split_scale_and_norms_against_their_formulas():
     expected = stacked.abs() / stacked.abs().sum(1, keepdim=True) * summed_relevance[:, None]
     torch.testing.assert_close(split, expected)
     torch.testing.assert_close(split.sum(1), summed_relevance)
+
+
+@pytest.mark.parametrize("pool, shape", [(torch.nn.MaxPool1d(2), (2, 3, 8)), (torch.nn.MaxPool3d(2), (2, 3, 4, 4, 6))])
+def test_maxpool_proportional_on_signals_and_clips_splits_each_window_by_its_values(pool, shape):
+    """Windows that tile the input (kernel = stride): each input gets its window's relevance in proportion to its
+    value, computed here by reshaping the windows out."""
+    a = torch.rand(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    relevance = torch.rand(pool(a).shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    result = lrp.MaxPoolProportional(epsilon=0.0).relevance(pool, (a,), relevance)
+    dims = a.ndim - 2
+    windows = a.reshape(*a.shape[:2], *[size for axis in range(dims) for size in (a.shape[2 + axis] // 2, 2)])
+    sums = windows.sum(dim=tuple(3 + 2 * axis for axis in range(dims)), keepdim=True)
+    spread = relevance.reshape(sums.shape)
+    torch.testing.assert_close(result, (windows / sums * spread).reshape(a.shape))

@@ -37,11 +37,12 @@ class MaxPoolProportional(PositiveProportional):
     input values (the sum pool over the max-pool's own windows)."""
 
     def maps(self, module, input):
-        if module.dilation not in (1, (1, 1)):
+        if any(step != 1 for step in (module.dilation if isinstance(module.dilation, tuple) else (module.dilation,))):
             raise ValueError("MaxPoolProportional supports max-pools without dilation only")
         dynamic = same_padding(module, input)  # timm's "same" max-pools pad at run time (with -inf: never the max)
-        if module.ceil_mode or input.ndim != 4:
-            return [(input, *linearised(lambda x: F.avg_pool2d(
+        if module.ceil_mode or input.ndim != 4:  # and 1-D and 3-D pools (signals, clips)
+            average = {3: F.avg_pool1d, 4: F.avg_pool2d, 5: F.avg_pool3d}[input.ndim]
+            return [(input, *linearised(lambda x: average(
                 padded(x, dynamic)[0], module.kernel_size, module.stride, module.padding, module.ceil_mode,
                 count_include_pad=True), input))]
         # the same average pool as a depthwise convolution with weights 1/k^2 (zero padding counted): several times
