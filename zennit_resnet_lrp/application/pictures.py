@@ -1,6 +1,6 @@
 """Pictures of many heatmaps, labelled: the overview (each image beside its heatmap, with its name, class,
-probability and relevance sum) and the comparison grid (images by methods, as the paper's qualitative figure), each
-with a colour legend when given one.
+probability and relevance sum), the comparison grid (images by methods, as the paper's qualitative figure), each
+with a colour legend when given one, and a video clip's strip of per-frame maps (:py:func:`frame_strip`).
 
 Text is laid out before it is drawn (:py:func:`caption_layout`, :py:func:`header_layout`, :py:func:`legend_layout`
 return the boxes it will cover), so that lines wrap or are cut at the width they have and never run into each other.
@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw, ImageFont
 from zennit.image import palette
 
-from .heatmap import DIVERGING, SIGNS
+from .heatmap import DIVERGING, SIGNS, normalize, render
 
 MARGIN = 4
 LEADING = 3  # pixels between one line's lowest glyph and the next line's highest
@@ -388,3 +389,109 @@ def comparison(rows: Sequence[Tuple[Image.Image, Sequence[str], Sequence[Optiona
                 sheet.paste(_fit(cell[0], tile, smooth=True), (left + index * column, y))
                 _draw(draw, caption_layout(cell[1], (left + index * column, y + tile + MARGIN), tile, font), font)
     return _with_legend(sheet, legend, font)
+
+
+def _clip_maps(relevance: torch.Tensor) -> torch.Tensor:
+    """One clip's relevance (C, T, H, W) summed over channels: its per-frame maps (T, H, W)."""
+    if not isinstance(relevance, torch.Tensor) or relevance.ndim != 4:
+        shape = tuple(relevance.shape) if isinstance(relevance, torch.Tensor) else type(relevance).__name__
+        raise ValueError(f"relevance must be one clip's (C, T, H, W), got {shape}; for a batch pass relevance[i]")
+    return relevance.detach().sum(0)
+
+
+def frame_labels(relevance: torch.Tensor) -> list[str]:
+    """Each frame's label in :py:func:`frame_strip`: its index and its share of the clip's relevance, ``"t=3 24%"``.
+
+    Parameters
+    ----------
+    relevance : torch.Tensor
+        One clip's relevance (C, T, H, W).
+
+    Returns
+    -------
+    list of str
+        One label a frame. The share is the frame's summed (signed) relevance over the clip's, so shares add up to
+        100% (a frame of negative relevance has a negative share); ``"n/a"`` where the clip's relevance sums to 0.
+    """
+    sums = _clip_maps(relevance).double().flatten(1).sum(1)
+    total = float(sums.sum())
+    # rounded as integers: a share of -0.3% reads 0%, not -0%
+    return [f"t={index} {round(100 * float(value) / total)}%" if total else f"t={index} n/a"
+            for index, value in enumerate(sums)]
+
+
+def _frame_image(frame: torch.Tensor, size: tuple[int, int]) -> Image.Image:
+    """One frame's pixels (C, H, W) in [0, 1], grey (C = 1) or RGB (C = 3), as an RGB image of ``size``."""
+    array = (frame.detach().cpu().double().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    image = Image.fromarray(array[..., 0], mode="L") if array.shape[2] == 1 else Image.fromarray(array, mode="RGB")
+    return image.convert("RGB").resize(size, Image.BILINEAR)
+
+
+def _check_frames(frames: torch.Tensor, count: int) -> None:
+    if not isinstance(frames, torch.Tensor) or frames.ndim != 4 or frames.shape[1] != count \
+            or frames.shape[0] not in (1, 3):
+        shape = tuple(frames.shape) if isinstance(frames, torch.Tensor) else type(frames).__name__
+        raise ValueError(f"frames must be the clip's pixels (C, T, H, W) with C 1 or 3 and T = {count}, got {shape}")
+    if frames.numel() and (float(frames.min()) < 0 or float(frames.max()) > 1):
+        raise ValueError("frames must be pixels in [0, 1]; undo the model's input normalisation first")
+
+
+def frame_strip(relevance: torch.Tensor, frames: torch.Tensor | None = None, *, cmap: str = "coldnhot",
+                sign: str = "positive", columns: int | None = None, tile: int = 112) -> Image.Image:
+    """A video clip's heatmaps, one per frame, side by side, each labelled with its frame index and its share of
+    the clip's relevance (:py:func:`frame_labels`, e.g. ``"t=3 24%"``).
+
+    The maps are the relevance summed over channels, display-normalised (:py:func:`~.heatmap.normalize`) with ONE scale over
+    the whole clip, not one per frame, and drawn with one colour range: the same colour means the same relevance in
+    every frame, so frames are comparable (a frame of half another's relevance is drawn nearer the colour of 0).
+
+    Parameters
+    ----------
+    relevance : torch.Tensor
+        One clip's relevance (C, T, H, W), e.g. ``attribute(model, clips).relevance[0]``.
+    frames : torch.Tensor, optional
+        The clip's pixels (C, T, H', W') in [0, 1] (C 1 or 3): each frame is drawn above its heatmap.
+    cmap : str
+        A zennit colour map.
+    sign : str
+        The relevance shown: ``positive``, ``negative``, ``absolute_value`` or ``all`` (see :py:func:`~.heatmap.normalize`).
+    columns : int, optional
+        Frames a row (the strip wraps into rows); all ``T`` in one row by default.
+    tile : int
+        Pixels of a heatmap's longer side.
+
+    Returns
+    -------
+    PIL.Image.Image
+        ``columns`` cells a row, each ``MARGIN`` pixels from the next: the frame (if given), the heatmap, the label.
+    """
+    maps = _clip_maps(relevance).cpu()
+    count, height, width = maps.shape
+    columns = count if columns is None else columns
+    if columns < 1 or tile < 1:
+        raise ValueError(f"columns and tile must be at least 1, not {columns} and {tile}")
+    if frames is not None:
+        _check_frames(frames, count)
+    # the whole clip as one map: one normalisation scale and one render colour range for every frame
+    shown = render(normalize(maps[None], sign)[0].reshape(count * height, width), cmap, normalized=True)
+    scale = tile / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    font = default_font()
+    labels = [caption_layout([label], (0, 0), size[0], font) for label in frame_labels(relevance)]
+    label_height = max(text.box[3] for lines in labels for text in lines) + MARGIN
+    pictures = 1 if frames is None else 2
+    cell = (size[0] + MARGIN, pictures * (size[1] + MARGIN) + label_height)
+    rows = -(-count // columns)
+    sheet = Image.new("RGB", (MARGIN + min(columns, count) * cell[0], MARGIN + rows * cell[1]), "white")
+    draw = ImageDraw.Draw(sheet)
+    for index in range(count):
+        x, y = MARGIN + (index % columns) * cell[0], MARGIN + (index // columns) * cell[1]
+        if frames is not None:
+            sheet.paste(_frame_image(frames[:, index], size), (x, y))
+            y += size[1] + MARGIN
+        heatmap = shown.crop((0, index * height, width, (index + 1) * height))
+        sheet.paste(heatmap.resize(size, Image.NEAREST), (x, y))  # nearest: the map's own colours, no blending
+        for text in labels[index]:
+            draw.text((x + text.position[0], y + size[1] + MARGIN + text.position[1]), text.text, fill="black",
+                      font=font)
+    return sheet

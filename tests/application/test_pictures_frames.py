@@ -1,9 +1,10 @@
-"""A clip's heatmaps per frame (heatmap.frame_strip): layout, labels and one colour scale across frames."""
+"""A clip's heatmaps per frame (pictures.frame_strip): layout, labels and one colour scale across frames."""
 import numpy as np
 import pytest
 import torch
 
-from zennit_resnet_lrp.application.heatmap import frame_labels, frame_strip, render
+from zennit_resnet_lrp.application.heatmap import render
+from zennit_resnet_lrp.application.pictures import frame_labels, frame_strip
 from zennit_resnet_lrp.application.pictures import MARGIN
 
 TILE = 24
