@@ -42,8 +42,12 @@ class MaxPoolProportional(PositiveProportional):
         dynamic = same_padding(module, input)  # timm's "same" max-pools pad at run time (with -inf: never the max)
         if module.ceil_mode or input.ndim != 4:  # and 1-D and 3-D pools (signals, clips)
             average = {3: F.avg_pool1d, 4: F.avg_pool2d, 5: F.avg_pool3d}[input.ndim]
+            padding, widths = module.padding, (0, 0)
+            if not module.ceil_mode:  # zeros padded first: avg_pool3d refuses inputs smaller than the kernel unpadded
+                sides = padding if isinstance(padding, tuple) else (padding,) * (input.ndim - 2)
+                padding, widths = 0, tuple(width for width in reversed(sides) for _ in range(2))
             return [(input, *linearised(lambda x: average(
-                padded(x, dynamic)[0], module.kernel_size, module.stride, module.padding, module.ceil_mode,
+                F.pad(padded(x, dynamic)[0], widths), module.kernel_size, module.stride, padding, module.ceil_mode,
                 count_include_pad=True), input))]
         # the same average pool as a depthwise convolution with weights 1/k^2 (zero padding counted): several times
         # faster than avg_pool2d and its autograd backward on contiguous (NCHW) tensors
