@@ -253,7 +253,7 @@ def test_maxpool_proportional_on_signals_and_clips_splits_each_window_by_its_val
 def test_maxpool_proportional_on_a_clip_smaller_than_its_padded_kernel():
     """S3D's last max-pools (3x3x3, padding 1) on a 2x7x7 clip: avg_pool3d refuses a clip smaller than the kernel
     before padding, so the rule pads first; conserving."""
-    pool = torch.nn.MaxPool3d(3, stride=1, padding=1)
+    pool = torch.nn.MaxPool3d(3, stride=1, padding=[1, 1, 1])  # a list, as MViT's pools give it
     a = torch.rand(1, 2, 2, 7, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     relevance = torch.rand(pool(a).shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     result = lrp.MaxPoolProportional(epsilon=0.0).relevance(pool, (a,), relevance)

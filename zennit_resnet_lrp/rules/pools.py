@@ -44,7 +44,7 @@ class MaxPoolProportional(PositiveProportional):
             average = {3: F.avg_pool1d, 4: F.avg_pool2d, 5: F.avg_pool3d}[input.ndim]
             padding, widths = module.padding, (0, 0)
             if not module.ceil_mode:  # zeros padded first: avg_pool3d refuses inputs smaller than the kernel unpadded
-                sides = padding if isinstance(padding, tuple) else (padding,) * (input.ndim - 2)
+                sides = tuple(padding) if isinstance(padding, (tuple, list)) else (padding,) * (input.ndim - 2)
                 padding, widths = 0, tuple(width for width in reversed(sides) for _ in range(2))
             return [(input, *linearised(lambda x: average(
                 F.pad(padded(x, dynamic)[0], widths), module.kernel_size, module.stride, padding, module.ceil_mode,
