@@ -283,23 +283,30 @@ def _torchvision(name, weights, num_classes) -> LoadedModel:
             names = published if len(published) == (num_classes or 1000) else None
         preprocessing = Preprocessing.from_transforms(enum.DEFAULT.transforms()) if len(enum) else Preprocessing()
         return LoadedModel(model, name, preprocessing, names, None if _random(weights) else str(weights))
+    model, entry = _published(name, enum, weights, num_classes)
+    return LoadedModel(model, name, Preprocessing.from_transforms(entry.transforms()),
+                       list(entry.meta["categories"]), str(entry))
+
+
+def _published(name: str, enum, weights, num_classes: int | None) -> tuple[torch.nn.Module, object]:
+    """The torchvision model ``name`` with its published weights named ``weights`` (a member of ``enum``, or
+    DEFAULT), and their entry; one-line errors for an unknown name, a class count they do not have, a failed
+    download."""
     choices = [member.name for member in enum] + ["DEFAULT"]
     key = str(weights).split(".")[-1]
     if key not in choices:
-        raise UnknownNameError(f"unknown weights {weights!r} for {name}; choose one of {', '.join(choices)} or a "
-                               "checkpoint file")
+        raise UnknownNameError(f"unknown weights {weights!r} for {name}; choose one of {', '.join(choices)}, "
+                               f"{RANDOM_WEIGHTS!r} or a checkpoint file")
     entry = enum[key] if key != "DEFAULT" else enum.DEFAULT
     classes = len(entry.meta["categories"])
     if num_classes not in (None, classes):
         raise UnknownNameError(f"{entry} has {classes} classes, not {num_classes}; drop --num-classes or use a "
                                "checkpoint file")
     try:
-        model = torchvision.models.get_model(name, weights=entry)
+        return torchvision.models.get_model(name, weights=entry), entry
     except Exception as error:  # network failures come in many types
         raise ModelError(f"could not download {entry} ({error.__class__.__name__}); without internet, download the "
                          "file elsewhere and pass its path as the weights") from None
-    return LoadedModel(model, name, Preprocessing.from_transforms(entry.transforms()),
-                       list(entry.meta["categories"]), str(entry))
 
 
 def _torchvision_segmentation(name, weights, num_classes) -> LoadedModel:
@@ -315,21 +322,7 @@ def _torchvision_segmentation(name, weights, num_classes) -> LoadedModel:
             load_checkpoint(model, weights, name)
         return LoadedModel(model, name, preprocessing, None, None if _random(weights) else str(weights),
                            "segmentation")
-    choices = [member.name for member in enum] + ["DEFAULT"]
-    key = str(weights).split(".")[-1]
-    if key not in choices:
-        raise UnknownNameError(f"unknown weights {weights!r} for {name}; choose one of {', '.join(choices)}, "
-                               f"{RANDOM_WEIGHTS!r} or a checkpoint file")
-    entry = enum[key] if key != "DEFAULT" else enum.DEFAULT
-    classes = len(entry.meta["categories"])
-    if num_classes not in (None, classes):
-        raise UnknownNameError(f"{entry} has {classes} classes, not {num_classes}; drop --num-classes or use a "
-                               "checkpoint file")
-    try:
-        model = torchvision.models.get_model(name, weights=entry)
-    except Exception as error:  # network failures come in many types
-        raise ModelError(f"could not download {entry} ({error.__class__.__name__}); without internet, download the "
-                         "file elsewhere and pass its path as the weights") from None
+    model, entry = _published(name, enum, weights, num_classes)
     return LoadedModel(model, name, _segmentation_preprocessing(entry.transforms()),
                        list(entry.meta["categories"]), str(entry), "segmentation")
 
