@@ -45,12 +45,16 @@ def check_inputs(loaded: LoadedModel, paths: Sequence[Path], count: int = 4, see
 @dataclass
 class RegionCheck:
     """A conservation check of a segmentation's region per input: the report on the inputs where the model assigns
-    some pixel to the label (None where it assigns none anywhere), the region's size per input (0: none, left out
-    of the report) and the indices of those inputs that were checked."""
+    some pixel to the label (None where it assigns none anywhere) and the region's size per input (0: none, left
+    out of the report)."""
 
     report: ConservationReport | None
     sizes: list[int]
-    checked: list[int]
+
+    @property
+    def checked(self) -> list[int]:
+        """The inputs checked: those where the model assigns some pixel to the label."""
+        return [index for index, size in enumerate(self.sizes) if size]
 
     @property
     def empty(self) -> list[int]:
@@ -80,10 +84,9 @@ def check_regions(model: torch.nn.Module, inputs: torch.Tensor, label: int, meth
     of its classes.
     """
     masks = label_regions(model, inputs, label, batch_size)
-    sizes = [int(size) for size in masks.flatten(1).sum(1)]
-    checked = [index for index, size in enumerate(sizes) if size]
-    if not checked:
-        return RegionCheck(None, sizes, checked)
-    report = check_conservation(model, inputs[checked], method, Region(label, masks[checked]), start_with,
-                                tolerance=tolerance, batch_size=batch_size, progress=progress)
-    return RegionCheck(report, sizes, checked)
+    found = RegionCheck(None, [int(size) for size in masks.flatten(1).sum(1)])
+    checked = found.checked
+    if checked:
+        found.report = check_conservation(model, inputs[checked], method, Region(label, masks[checked]), start_with,
+                                          tolerance=tolerance, batch_size=batch_size, progress=progress)
+    return found
