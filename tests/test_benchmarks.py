@@ -9,6 +9,7 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
+@pytest.mark.slow  # 18 s: a model per method run twice, each in its own process
 def test_attribution_benchmark_prints_a_row_per_method_with_ratios_to_the_gradient():
     methods = ["gradient", "flows_skip", "flows_skip_conservative@channels_last"]
     done = subprocess.run(
