@@ -48,6 +48,28 @@ def test_attention_values_rule_with_signed_weights_matches_its_formula():
     torch.testing.assert_close(to_values.sum(), relevance.sum(), rtol=1e-12, atol=0)
 
 
+def test_attention_values_rule_counts_subnormal_weights_as_zero():
+    """A softmax over logits masked with -100 (Swin's shifted windows) gives weights of e^-100, subnormal in float32:
+    the rule uses them as zeros (products with subnormals are many times slower on a CPU), in ``z`` and in the
+    transpose alike, so it conserves exactly and equals the formula with those weights at zero."""
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 3, 7, 7, generator=generator)
+    logits[..., :3] -= 100  # as Swin masks a window's other regions
+    weights = logits.softmax(-1)
+    subnormal = (weights > 0) & (weights < torch.finfo(weights.dtype).tiny)
+    assert bool(subnormal.any())  # the case is exercised
+    values = torch.randn(2, 3, 7, 4, generator=generator)
+    relevance = torch.rand(2, 3, 7, 4, generator=generator)
+    _, to_values = lrp.AttentionValues(0.0, "flat").propagate(lrp.AttentionProduct(), (weights, values),
+                                                             (weights.shape, values.shape), relevance)
+    flushed = weights.masked_fill(subnormal, 0).double()
+    positive = values.clamp(min=0).double()
+    expected = positive * (flushed.transpose(-2, -1) @ (relevance.double() / (flushed @ positive)))
+    torch.testing.assert_close(to_values.double(), expected, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(to_values.double().sum(), relevance.double().sum(), rtol=1e-6, atol=0)
+    assert weights[subnormal].min() > 0  # the rule read its own copy: the model's weights are as they were
+
+
 def test_bilinear_rule_matches_its_formula():
     """``q @ k^T``: the positive terms' shares (evenly where there is none), half to each factor."""
     generator = torch.Generator().manual_seed(1)
