@@ -60,15 +60,15 @@ def test_same_padded_timm_convolution_equals_two_halves():
 
 
 def _cancelling_linear(dtype) -> tuple[torch.nn.Linear, torch.Tensor]:
-    """Units whose positive part is 1e-4 or less of their negative part (and some with none at all), a large bias:
-    ``W a`` and ``|W| |a|`` cancel to a few digits."""
+    """Units whose positive part is 1e-4 or less of their negative part (and some with none at all), large biases of
+    either sign (each channel its own threshold): ``W a`` and ``|W| |a|`` cancel to a few digits."""
     generator = torch.Generator().manual_seed(0)
     module = torch.nn.Linear(256, 64).to(dtype)
     with torch.no_grad():
         module.weight.copy_(torch.rand(64, 256, generator=generator))
         module.weight[:32, :3] = torch.rand(32, 3, generator=generator) * 1e-4  # tiny positive contributions
         module.weight[32:, :3] = 0  # none: z is exactly 0
-        module.bias.fill_(100.0)
+        module.bias.copy_(100.0 * torch.linspace(-1, 1, 64)[torch.randperm(64, generator=generator)])
     x = -10 * torch.rand(5, 256, generator=generator, dtype=dtype)
     x[:, :3] = torch.rand(5, 3, generator=generator, dtype=dtype)
     return module, x
@@ -81,6 +81,22 @@ def test_cancelling_units_get_the_two_halves_value(dtype, tolerance, unsupported
     new, old, relevance = _both_forms(ZPlus(epsilon=epsilon, unsupported=unsupported), module, x)
     assert _relative(new, old) < tolerance
     assert abs(float(new.sum() - old.sum())) < tolerance * float(relevance.sum())
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_units_small_against_a_large_bias_get_the_two_halves_value(sign):
+    """``W a`` is read off ``W a + b``: in float32 a bias of 1e4 rounds it by about 1e-3, as much as ``z`` of units
+    with small inputs; the bias's part of the threshold (per channel, either sign) recomputes those units."""
+    generator = torch.Generator().manual_seed(4)
+    module = torch.nn.Linear(16, 8)
+    with torch.no_grad():
+        module.weight.copy_(torch.randn(8, 16, generator=generator))
+        module.bias.copy_(sign * 1e4 * (1 + torch.rand(8, generator=generator)))
+        module.bias[::2] *= -1
+    x = 1e-2 * torch.randn(6, 16, generator=generator)
+    new, old, relevance = _both_forms(ZPlus(epsilon=0.0, unsupported=FLAT), module, x)
+    assert _relative(new, old) < FLOAT32
+    assert abs(float(new.sum() - old.sum())) < FLOAT32 * float(relevance.sum())
 
 
 def test_cancelling_units_would_lose_relevance_without_the_two_halves(monkeypatch):

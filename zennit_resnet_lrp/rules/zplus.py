@@ -171,7 +171,8 @@ class ZPlus(PositiveProportional):
         :py:meth:`proportional` on the two halves ``a+ W+ + a- W-``, whose value the units that cancel get.
 
         Written for few passes over the tensors (these layers are memory-bound on a CPU besides their products): the
-        bias enters the product, ``z`` is never halved, the check for cancelling units is one reduction."""
+        bias enters the product, ``z`` is never halved, the check for cancelling units is one reduction (and one
+        comparison where that finds a unit near its threshold)."""
         with torch.no_grad():
             weight = effective_weight(module)
             magnitude = torch.abs(weight, out=torch.empty_like(
@@ -186,13 +187,16 @@ class ZPlus(PositiveProportional):
             tolerance = torch.finfo(output.dtype).eps ** self.cancellation
             margin = torch.add(doubled, shifted, alpha=-tolerance)  # 2 z - tolerance (|W| |a| - b)
             del shifted
-            if bias is not None:
-                margin.sub_(tolerance * (bias + bias.abs()))  # ... - tolerance (|W| |a| + |b|)
             # units at or near 2 z = 0 (2 tiny) among them, so that dividing by the others is finite
             floor = 2 * torch.finfo(output.dtype).tiny ** 0.5
+            # 2 z - tolerance (|W| |a| + |b|) <= floor where the margin is at most this (per output channel)
+            threshold = floor if bias is None else (bias + bias.abs()).mul_(tolerance).add_(floor)
             cancelled, parts = None, []
-            if bool(margin.amin() <= floor):
-                cancelled = margin <= floor
+            # one reduction against the largest threshold; the units themselves only where that finds any
+            if bool(margin.amin() <= (threshold if bias is None else threshold.max())):
+                cancelled = margin <= threshold
+                cancelled = cancelled if bool(cancelled.any()) else None
+            if cancelled is not None:
                 parts = self.maps(module, input)  # the two halves (a signed input), exact where z is small
                 doubled = torch.where(cancelled, sum(out for _, out, _ in parts).mul_(2), doubled)
             return self._redistribute(module, (input, absolute), doubled, relevance, (cancelled, parts),
