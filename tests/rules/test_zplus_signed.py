@@ -99,6 +99,35 @@ def test_units_small_against_a_large_bias_get_the_two_halves_value(sign):
     assert abs(float(new.sum() - old.sum())) < FLOAT32 * float(relevance.sum())
 
 
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float64, FLOAT64), (torch.float32, FLOAT32)])
+@pytest.mark.parametrize("layer", ["linear", "1x1 convolution"])
+def test_two_halves_computed_only_for_the_entries_holding_cancelling_units(monkeypatch, layer, dtype, tolerance):
+    """A batch where two of seven entries hold cancelling units: the two halves are computed for those two only,
+    and every entry gets the two-halves value."""
+    module, cancelling = _cancelling_linear(dtype)
+    plain = torch.rand(5, 256, generator=torch.Generator().manual_seed(5), dtype=dtype)  # non-negative: none cancels
+    x = torch.cat([plain[:2], cancelling[:1], plain[2:], cancelling[1:2]])
+    if layer != "linear":
+        convolution = torch.nn.Conv2d(256, 64, 1).to(dtype)
+        with torch.no_grad():
+            convolution.weight.copy_(module.weight[:, :, None, None])
+            convolution.bias.copy_(module.bias)
+        module, x = convolution, x[:, :, None, None].expand(-1, -1, 2, 3).contiguous()
+    rule = ZPlus(epsilon=0.0, unsupported=FLAT)
+    with torch.no_grad():
+        output = module(x)
+    relevance = torch.rand(output.shape, generator=torch.Generator().manual_seed(6), dtype=dtype)
+    seen = []
+    maps = ZPlus.maps
+    monkeypatch.setattr(ZPlus, "maps", lambda self, m, a: seen.append(a.shape[0]) or maps(self, m, a))
+    new = rule.relevance(module, (x,), relevance, output=output)
+    assert seen == [2]  # the two entries with cancelling units
+    monkeypatch.setattr(ZPlus, "maps", maps)
+    old = rule.proportional(module, x, relevance)
+    assert _relative(new, old) < tolerance
+    assert abs(float(new.sum() - old.sum())) < tolerance * float(relevance.sum())
+
+
 def test_cancelling_units_would_lose_relevance_without_the_two_halves(monkeypatch):
     """The layer above is a real test of the fallback: computed from the output alone, its relevance is off."""
     module, x = _cancelling_linear(torch.float64)

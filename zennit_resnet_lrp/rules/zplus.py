@@ -196,19 +196,28 @@ class ZPlus(PositiveProportional):
             if bool(margin.amin() <= (threshold if bias is None else threshold.max())):
                 cancelled = margin <= threshold
                 cancelled = cancelled if bool(cancelled.any()) else None
+            entries = None
             if cancelled is not None:
-                parts = self.maps(module, input)  # the two halves (a signed input), exact where z is small
-                doubled = torch.where(cancelled, sum(out for _, out, _ in parts).mul_(2), doubled)
-            return self._redistribute(module, (input, absolute), doubled, relevance, (cancelled, parts),
+                # the two halves (a signed input), exact where z is small: for the entries (images, rows) holding
+                # such units only, where those are few
+                entries = _entries_holding(module, input, cancelled)
+                parts = self.maps(module, input if entries is None else input[entries])
+                exact = sum(out for _, out, _ in parts).mul_(2)
+                if entries is None:
+                    doubled = torch.where(cancelled, exact, doubled)
+                else:
+                    doubled[entries] = torch.where(cancelled[entries], exact, doubled[entries])
+            return self._redistribute(module, (input, absolute), doubled, relevance, (cancelled, entries, parts),
                                       (weight, size_transpose), margin)
 
     def _redistribute(self, module, inputs, doubled, relevance, recomputed, transposes, spare):
-        """``R_in`` for ``s = R / (2 z)``: the units that cancelled (``recomputed``: their mask and the two halves)
-        through the two halves' transposes, the others through ``a W^T s + |a| |W|^T s``; ``spare`` is a tensor of
-        the output's shape to write into."""
+        """``R_in`` for ``s = R / (2 z)``: the units that cancelled (``recomputed``: their mask, the entries along
+        the first dimension the two halves were computed for, None for all, and the two halves) through the two
+        halves' transposes, the others through ``a W^T s + |a| |W|^T s``; ``spare`` is a tensor of the output's
+        shape to write into."""
         input, absolute = inputs
         weight, size_transpose = transposes
-        cancelled, parts = recomputed
+        cancelled, entries, parts = recomputed
         floor = 2 * torch.finfo(doubled.dtype).tiny ** 0.5
         # units no input supports (z = 0) are among those recomputed
         unsupported = cancelled & (doubled <= floor) if cancelled is not None and self.unsupported == FLAT else None
@@ -221,13 +230,18 @@ class ZPlus(PositiveProportional):
         if cancelled is not None:
             if unsupported is not None:
                 scaled.masked_fill_(unsupported, 0)  # their relevance goes the flat way alone
-            slow = scaled * cancelled
+            slow = scaled * cancelled if entries is None else scaled[entries] * cancelled[entries]
             slow.mul_(2)  # the two halves' transposes take R / z
             scaled.masked_fill_(cancelled, 0)
             result = sum(transpose(slow).mul_(part) for part, _, transpose in parts)
         fast = weighted_transpose(module, input, weight)(scaled).mul_(input)
         fast.addcmul_(size_transpose(scaled), absolute)
-        result = fast if result is None else result.add_(fast)
+        if result is None:
+            result = fast
+        elif entries is None:
+            result = result.add_(fast)
+        else:
+            result = fast.index_add_(0, entries, result)
         if unsupported is not None:
             stray = relevance * unsupported
             if bool(stray.any()):
@@ -245,6 +259,16 @@ class ZPlus(PositiveProportional):
         ones = torch.ones_like(input)
         yield weighted_map(module, ones, _clamped_weight(module, ones))
         yield weighted_map(module, ones, _clamped_weight(module, ones, fill=1.0))  # where W+ is all zero: evenly
+
+
+def _entries_holding(module: torch.nn.Module, input: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None:
+    """The indices along the first dimension of ``mask`` (of the module's output's shape) of the entries holding a
+    unit it marks, or None where every entry does or the first dimension is not one of independent entries (an
+    unbatched convolution's channels, a linear layer's features of a single vector)."""
+    if input.ndim < 2 or (not isinstance(module, torch.nn.Linear) and input.ndim != module.weight.ndim):
+        return None
+    held = mask.flatten(1).any(1)
+    return None if bool(held.all()) else held.nonzero().squeeze(1)
 
 
 def _bias_of(module: torch.nn.Module, output: torch.Tensor) -> torch.Tensor | None:
