@@ -15,7 +15,8 @@ attributor, captum, LXT) are rows saying "skipped: ...". Video models (r3d_18, m
 
 Time: for each (model, batch) one process runs all methods round-robin, --repeats rounds after a warm-up round
 (CUDA events on a GPU). It reports each method's median in ms per image, and its ratio to the plain gradient as the
-median over rounds of (method time / gradient time in the same round): interleaving and per-round ratios keep the
+median over rounds of (method time / gradient time in the same round), and the lowest and highest of those
+per-round ratios (how far one round can be off on this machine): interleaving and per-round ratios keep the
 comparison fair on a machine whose speed drifts. ``lxt_attnlrp`` and ``lxt_cp_lrp`` are LXT 2.1's own maps
 (``pip install --no-deps lxt==2.1``; benchmarks/lxt_reference.py): ``attnlrp`` and ``cp_lrp`` get their ratio to
 them, by round, in the last column. Memory: every (model, batch, method) runs once more in a fresh process, so its
@@ -183,7 +184,7 @@ def timed(call, device: str, autocast: str | None) -> float:
 def time_all(model_name: str, batch: int, methods: list[str], device: str, repeats: int, autocast, size,
              frames: int = FRAMES) -> dict:
     """``{method: (median ms per image, median of the per-round ratios to the gradient, median of the per-round
-    ratios to LXT's map of the same variant or None)}``, or ``{method: "raises: <why>"}`` for a method that does not
+    ratios to LXT's map of the same variant or None, lowest and highest per-round ratio to the gradient)}``, or ``{method: "raises: <why>"}`` for a method that does not
     run on this model (a peer that does not support its layers), ``{method: "skipped: <why>"}`` for one that cannot
     explain its target (a peer that explains classes only, given a segmentation's region)."""
     calls, failed = {}, {}
@@ -203,10 +204,15 @@ def time_all(model_name: str, batch: int, methods: list[str], device: str, repea
         for method, call in calls.items():
             times[method].append(timed(call, device, autocast))
 
+    def ratios(values, base):
+        return [v / b for v, b in zip(values, base)] if base else [float("nan")]
+
     def ratio(values, base):
-        return statistics.median(v / b for v, b in zip(values, base)) if base else float("nan")
-    return {**{method: (1000 * statistics.median(values) / batch, ratio(values, times.get("gradient")),
-                        ratio(values, times[LXT + method]) if LXT + method in times else None)
+        return statistics.median(ratios(values, base))
+    gradient = times.get("gradient")
+    return {**{method: (1000 * statistics.median(values) / batch, ratio(values, gradient),
+                        ratio(values, times[LXT + method]) if LXT + method in times else None,
+                        min(ratios(values, gradient)), max(ratios(values, gradient)))
                for method, values in times.items()}, **failed}
 
 
@@ -304,25 +310,26 @@ def main() -> None:
                     rows.append({"model": model, "batch": batch, "method": method, "failed": times[method]})
                     print(f"  {model} batch {batch} {method}: {times[method]}", file=sys.stderr, flush=True)
                     continue
-                milliseconds, ratio, to_lxt = times[method]
+                milliseconds, ratio, to_lxt, lowest, highest = times[method]
                 rows.append({"model": model, "batch": batch, "method": method, "ms_per_image": milliseconds,
-                             "time_ratio": ratio, "lxt_ratio": to_lxt,
+                             "time_ratio": ratio, "lxt_ratio": to_lxt, "ratio_range": (lowest, highest),
                              "peak_mb": child(f"memory:{model}:{batch}:{method}")})
                 print(f"  {model} batch {batch} {method}: {milliseconds:.0f} ms/image ({ratio:.2f}x), "
                       f"{rows[-1]['peak_mb']:.0f} MB", file=sys.stderr, flush=True)
     lxt_column = any(row.get("lxt_ratio") is not None for row in rows)  # time of ours / LXT's, same variant
-    print("| model | batch | method | ms / image | x gradient | peak MB | x gradient |"
+    print("| model | batch | method | ms / image | x gradient | rounds' range | peak MB | x gradient |"
           + (" x LXT |" if lxt_column else ""))
-    print("| --- | --- | --- | --- | --- | --- | --- |" + (" --- |" if lxt_column else ""))
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |" + (" --- |" if lxt_column else ""))
     for row in rows:
         if "failed" in row:
-            print(f"| {row['model']} | {row['batch']} | {row['method']} | {row['failed']} | | | |"
+            print(f"| {row['model']} | {row['batch']} | {row['method']} | {row['failed']} | | | | |"
                   + (" |" if lxt_column else ""))
             continue
         base = next(r for r in rows if r["model"] == row["model"] and r["batch"] == row["batch"]
                     and r["method"] == "gradient")
+        lowest, highest = row["ratio_range"]
         print(f"| {row['model']} | {row['batch']} | {row['method']} | {row['ms_per_image']:.0f} | "
-              f"{row['time_ratio']:.2f} | {row['peak_mb']:.0f} | "
+              f"{row['time_ratio']:.2f} | {lowest:.2f}-{highest:.2f} | {row['peak_mb']:.0f} | "
               f"{row['peak_mb'] / max(base['peak_mb'], 1e-9):.2f} |"
               + (f" {row['lxt_ratio']:.2f} |" if row["lxt_ratio"] is not None else " |" if lxt_column else ""))
 

@@ -22,9 +22,12 @@ def test_attribution_benchmark_prints_a_row_per_method_with_ratios_to_the_gradie
     assert "threads; torch" in lines[0]  # the machine line
     rows = [line.strip("|").split("|") for line in lines if line.startswith("| resnet18")]
     assert [row[2].strip() for row in rows] == methods
-    ratios = {row[2].strip(): (float(row[4]), float(row[6])) for row in rows}
+    ratios = {row[2].strip(): (float(row[4]), float(row[7])) for row in rows}
     assert ratios["gradient"] == (1.0, 1.0)
     assert all(time > 0 and memory > 0 for time, memory in ratios.values())
+    for row in rows:  # one round: its range is that round's ratio
+        lowest, highest = map(float, row[5].split("-"))
+        assert lowest == highest == float(row[4])
 
 
 def test_attribution_benchmark_needs_the_gradient_baseline():
@@ -81,6 +84,6 @@ def test_segmentation_and_video_models_get_rows_with_ratios_to_their_gradient():
     for model in ("fcn_resnet50", "r3d_18"):
         assert float(rows[model, "gradient"][4]) == 1.0
         ours = rows[model, "flows_skip_conservative"]
-        assert float(ours[4]) > 0 and float(ours[6]) > 0
+        assert float(ours[4]) > 0 and float(ours[7]) > 0
     assert "skipped: captum_lrp explains classes" in rows["fcn_resnet50", "captum_lrp"][3]
     assert "raises: TypeError" in rows["r3d_18", "captum_lrp"][3]  # captum has no rule for Conv3d
