@@ -70,9 +70,11 @@ class PositiveProportional(RelevanceRule):
         tiny = torch.finfo(output.dtype).tiny ** 0.5
         if self.nonnegative_map:
             # f(a) = 0 means every contribution is 0: dividing by tiny instead gives those outputs nothing.
-            # In place: the output is ours, and these maps are memory-bound
-            unsupported = (output <= tiny) if self.unsupported == FLAT and bool(output.amin() <= tiny) else None
-            denominator = output.add_(self.epsilon) if self.epsilon else output.clamp_min_(tiny)
+            # In place: the output is ours, and these maps are memory-bound. One reduction says whether any output is
+            # that small; the mask and the clamp are made only then
+            low = bool(output.amin() <= tiny) if self.unsupported == FLAT or not self.epsilon else False
+            unsupported = (output <= tiny) if low and self.unsupported == FLAT else None
+            denominator = output.add_(self.epsilon) if self.epsilon else output.clamp_min_(tiny) if low else output
             scaled = torch.div(relevance, denominator, out=denominator)
         else:
             unsupported = output.abs() <= tiny
