@@ -184,9 +184,10 @@ def timed(call, device: str, autocast: str | None) -> float:
 def time_all(model_name: str, batch: int, methods: list[str], device: str, repeats: int, autocast, size,
              frames: int = FRAMES) -> dict:
     """``{method: (median ms per image, median of the per-round ratios to the gradient, median of the per-round
-    ratios to LXT's map of the same variant or None, lowest and highest per-round ratio to the gradient)}``, or ``{method: "raises: <why>"}`` for a method that does not
-    run on this model (a peer that does not support its layers), ``{method: "skipped: <why>"}`` for one that cannot
-    explain its target (a peer that explains classes only, given a segmentation's region)."""
+    ratios to LXT's map of the same variant or None, lowest and highest per-round ratio to the gradient)}``, or
+    ``{method: "raises: <why>"}`` for a method that does not run on this model (a peer that does not support its
+    layers), ``{method: "skipped: <why>"}`` for one that cannot explain its target (a peer that explains classes
+    only, given a segmentation's region)."""
     calls, failed = {}, {}
     for method in methods:  # built and run once: the warm-up, and whether the method runs on this model at all
         try:
