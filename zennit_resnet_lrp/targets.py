@@ -50,6 +50,15 @@ class Region:
                               f"{(height, width)}")
         return mask.expand(count, -1, -1) if mask.ndim == 2 else mask[begin:begin + count]
 
+    def check_output(self, output: torch.Tensor) -> None:
+        """Raise :py:class:`TargetError` (one line) where ``output`` is not dense (N, K, H, W) or ``label`` is not
+        one of its K classes."""
+        if output.ndim != 4:
+            raise TargetError(f"a Region needs a dense output (N, K, H, W); the model's has shape "
+                              f"{tuple(output.shape)}")
+        if not 0 <= self.label < output.shape[1]:
+            raise TargetError(f"region label {self.label} is out of range for {output.shape[1]} classes")
+
     def of_sample(self, index: int) -> "Region":
         """The region of one sample (its own mask where masks are per sample)."""
         if self.mask is not None and self.mask.ndim == 3:
@@ -105,10 +114,7 @@ def _classes(target, output: torch.Tensor) -> torch.Tensor:
 
 
 def _region_start(output: torch.Tensor, region: Region, start_with: str, begin: int) -> tuple:
-    if output.ndim != 4:
-        raise TargetError(f"a Region needs a dense output (N, K, H, W); the model's has shape {tuple(output.shape)}")
-    if not 0 <= region.label < output.shape[1]:
-        raise TargetError(f"region label {region.label} is out of range for {output.shape[1]} classes")
+    region.check_output(output)
     mask = region.pixels(output, begin)
     if start_with == "softmax":
         scores = output.softmax(1)[:, region.label]

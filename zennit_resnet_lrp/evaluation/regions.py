@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from ..outputs import OutputChoice, logits_of
-from ..targets import Region
+from ..targets import Region, TargetError
 
 
 class RegionDeletionError(ValueError):
@@ -84,11 +84,10 @@ def region_deletion(
     maps = _check(inputs, relevance, steps)
     baseline = torch.as_tensor(baseline, dtype=inputs.dtype, device=inputs.device).expand_as(inputs)
     first = logits_of(model(inputs), output)
-    if first.ndim != 4:
-        raise RegionDeletionError(f"region deletion needs a dense output (N, K, H, W); the model's has shape "
-                                  f"{tuple(first.shape)}")
-    if not 0 <= region.label < first.shape[1]:
-        raise RegionDeletionError(f"region label {region.label} is out of range for {first.shape[1]} classes")
+    try:
+        region.check_output(first)
+    except TargetError as error:
+        raise RegionDeletionError(str(error)) from None
     mask = region.pixels(first).to(first.dtype)
     empty = (mask.flatten(1).sum(1) == 0).nonzero()
     if len(empty):
