@@ -258,3 +258,15 @@ def test_maxpool_proportional_on_a_clip_smaller_than_its_padded_kernel():
     relevance = torch.rand(pool(a).shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     result = lrp.MaxPoolProportional(epsilon=0.0).relevance(pool, (a,), relevance)
     torch.testing.assert_close(result.sum(), relevance.sum())
+
+
+@pytest.mark.parametrize("pool, shape", [(torch.nn.MaxPool1d(2), (3, 8)), (torch.nn.MaxPool2d(3, 2, 1), (3, 7, 9)),
+                                         (torch.nn.MaxPool3d(2, padding=1), (3, 4, 4, 6))])
+def test_maxpool_proportional_on_an_unbatched_input_equals_it_batched(pool, shape):
+    """A pool given one sample without a batch dimension pools as many dimensions as it has (a 2-D pool's
+    (C, H, W) is not a 1-D pool's (N, C, L)): the same relevance as the sample batched."""
+    a = torch.rand(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    relevance = torch.rand(pool(a).shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    rule = lrp.MaxPoolProportional(epsilon=0.0)
+    torch.testing.assert_close(rule.relevance(pool, (a,), relevance),
+                               rule.relevance(pool, (a[None],), relevance[None])[0], rtol=1e-12, atol=1e-14)

@@ -40,11 +40,13 @@ class MaxPoolProportional(PositiveProportional):
         if any(step != 1 for step in (module.dilation if isinstance(module.dilation, tuple) else (module.dilation,))):
             raise ValueError("MaxPoolProportional supports max-pools without dilation only")
         dynamic = same_padding(module, input)  # timm's "same" max-pools pad at run time (with -inf: never the max)
-        if module.ceil_mode or input.ndim != 4:  # and 1-D and 3-D pools (signals, clips)
-            average = {3: F.avg_pool1d, 4: F.avg_pool2d, 5: F.avg_pool3d}[input.ndim]
+        # the pool's own number of spatial dimensions (its input may come without a batch dimension)
+        spatial = 1 if isinstance(module, torch.nn.MaxPool1d) else 3 if isinstance(module, torch.nn.MaxPool3d) else 2
+        if module.ceil_mode or spatial != 2 or input.ndim != 4:  # and 1-D and 3-D pools (signals, clips), unbatched
+            average = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[spatial - 1]
             padding, widths = module.padding, (0, 0)
             if not module.ceil_mode:  # zeros padded first: avg_pool3d refuses inputs smaller than the kernel unpadded
-                sides = tuple(padding) if isinstance(padding, (tuple, list)) else (padding,) * (input.ndim - 2)
+                sides = tuple(padding) if isinstance(padding, (tuple, list)) else (padding,) * spatial
                 padding, widths = 0, tuple(width for width in reversed(sides) for _ in range(2))
             return [(input, *linearised(lambda x: average(
                 F.pad(padded(x, dynamic)[0], widths), module.kernel_size, module.stride, padding, module.ceil_mode,
