@@ -145,3 +145,14 @@ def flat_png(path, width, height):
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
                      + chunk(b"IDAT", data) + chunk(b"IEND", b""))
     return path
+
+
+def assert_one_line_error(result, code: int, *fragments: str) -> None:
+    """A command line's failure as the brief asks: exit ``code``, no traceback, an ``error:`` line holding each of
+    ``fragments``."""
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert errors, result.output
+    for fragment in fragments:
+        assert any(fragment in line for line in errors), result.output

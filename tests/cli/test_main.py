@@ -17,6 +17,7 @@ from zennit_resnet_lrp.cli.main import cli
 from zennit_resnet_lrp.application.images import open_image
 from zennit_resnet_lrp.application.demo import demo_images
 from zennit_resnet_lrp.application.models import load_model
+from helpers import assert_one_line_error
 
 DIGITS = demo_images()
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,15 +26,6 @@ ROOT = Path(__file__).resolve().parents[2]
 def run(*args):
     result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
     return result
-
-
-def assert_one_line_error(result, code, *fragments):
-    assert result.exit_code == code, result.output
-    assert "Traceback" not in result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
-    assert errors, result.output
-    for fragment in fragments:
-        assert fragment in result.output, result.output
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from zennit_resnet_lrp.application.heatmap import OUTLINE_COLOUR, region_border
 from zennit_resnet_lrp.application.images import open_image
 from zennit_resnet_lrp.application.models import load_model
 from zennit_resnet_lrp.cli.main import cli
+from helpers import assert_one_line_error
 
 MODEL = "demo-digits-segmentation"
 CANVASES = demo_canvases()
@@ -23,15 +24,6 @@ CANVASES = demo_canvases()
 
 def run(*args):
     return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-
-
-def assert_one_line_error(result, code, *fragments):
-    assert result.exit_code == code, result.output
-    assert "Traceback" not in result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
-    assert errors, result.output
-    for fragment in fragments:
-        assert any(fragment in line for line in errors), result.output
 
 
 @pytest.fixture(scope="module")
